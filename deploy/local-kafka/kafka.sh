@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Start, stop or query a single-node Apache Kafka broker (KRaft, broker+controller in one JVM)
+# assembled from Maven Central jars. Listeners bind 127.0.0.1 only.
+#   kafka.sh up | down | status
+# Environment: KAFKA_PORT (default 19092; the controller takes KAFKA_PORT+1),
+#              KAFKA_DATA_DIR (default ${TMPDIR:-/tmp}/streamer-kafka-$KAFKA_PORT),
+#              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+port="${KAFKA_PORT:-19092}"
+controller_port=$((port + 1))
+data="${KAFKA_DATA_DIR:-${TMPDIR:-/tmp}/streamer-kafka-$port}"
+jars="$here/.jars"
+pidfile="$data/broker.pid"
+bootstrap="127.0.0.1:$port"
+
+die() { echo "local-kafka: $*" >&2; exit 1; }
+
+need_tools() {
+  command -v java >/dev/null 2>&1 || die "Java 17 or newer is required (no 'java' on PATH); on Debian: apt-get install openjdk-17-jre-headless"
+  local major
+  major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p' | cut -d. -f1)
+  [ -n "$major" ] && [ "$major" -ge 17 ] || die "Java 17 or newer is required, found specification version '${major:-unknown}'"
+}
+
+fetch_jars() {
+  [ -f "$jars/.complete" ] && return 0
+  command -v mvn >/dev/null 2>&1 || die "Maven is required to fetch the Kafka jars (no 'mvn' on PATH); on Debian: apt-get install maven"
+  echo "local-kafka: fetching Kafka jars from Maven Central into $jars" >&2
+  rm -rf "$jars"
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies -Djar.dir="$jars" >&2 \
+    || die "Maven could not fetch the Kafka jars (see the output above)"
+  touch "$jars/.complete"
+}
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+write_config() {
+  mkdir -p "$data/logs"
+  cat > "$data/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$data/kraft-logs
+num.partitions=1
+# One broker: every internal topic has one replica and one in-sync replica, or
+# group commits and transactions wait for replicas that never come.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=1
+group.initial.rebalance.delay.ms=0
+# The cleaner's default 128 MiB dedupe buffer does not fit a small heap.
+log.cleaner.dedupe.buffer.size=4194304
+log.cleaner.backoff.ms=1000
+PROPS
+}
+
+up() {
+  if running; then
+    echo "$bootstrap"
+    return 0
+  fi
+  need_tools
+  fetch_jars
+  port_open "$port" && die "port $port is already in use by another process; set KAFKA_PORT"
+  rm -rf "$data"
+  write_config
+  local cp="$jars/*"
+  local cluster_id
+  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  java -cp "$cp" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data/logs" \
+    kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$data/server.properties" \
+    > "$data/logs/format.log" 2>&1 || { cat "$data/logs/format.log" >&2; die "storage format failed"; }
+  local start=$SECONDS
+  # setsid: the broker outlives the shell that started it and ignores its terminal's signals.
+  setsid java -Xmx"${KAFKA_HEAP:-512m}" -Xms"${KAFKA_HEAP:-512m}" -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data/logs" \
+    -cp "$cp" kafka.Kafka "$data/server.properties" \
+    > "$data/logs/stdout.log" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90}))
+  until port_open "$port" && grep -q "Kafka Server started" "$data/logs/server.log" 2>/dev/null; do
+    if ! running; then
+      tail -n 40 "$data/logs/stdout.log" "$data/logs/server.log" >&2 2>/dev/null || true
+      die "the broker exited during start-up (logs in $data/logs)"
+    fi
+    [ $SECONDS -lt $deadline ] || { down >/dev/null; die "the broker did not start within ${KAFKA_START_TIMEOUT:-90}s (logs in $data/logs)"; }
+    sleep 0.2
+  done
+  echo "local-kafka: broker up in $((SECONDS - start))s, data in $data" >&2
+  echo "$bootstrap"
+}
+
+down() {
+  if running; then
+    local pid
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    echo "local-kafka: broker on $bootstrap stopped" >&2
+  fi
+  rm -rf "$data"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) if running; then echo "running on $bootstrap (pid $(cat "$pidfile"))"; else echo "not running"; exit 1; fi ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
