@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start, stop or query a single-node Apache Kafka broker (KRaft, broker+controller in one JVM)
 # assembled from Maven Central jars. Listeners bind 127.0.0.1 only.
-#   kafka.sh up | down | status
+#   kafka.sh up | down | status | fetch
 # Environment: KAFKA_PORT (default 19092; the controller takes KAFKA_PORT+1),
 #              KAFKA_DATA_DIR (default ${TMPDIR:-/tmp}/streamer-kafka-$KAFKA_PORT),
 #              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90).
@@ -118,7 +118,8 @@ down() {
 
 case "${1:-}" in
   up) up ;;
+  fetch) need_tools; fetch_jars ;;
   down) down ;;
   status) if running; then echo "running on $bootstrap (pid $(cat "$pidfile"))"; else echo "not running"; exit 1; fi ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
 esac

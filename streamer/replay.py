@@ -1,0 +1,78 @@
+"""Replay recorded series into Kafka as readings (or chunks of readings), at a rate or as fast as possible."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaProducer
+
+from streamer.schema import encode
+
+
+def _parse_ts(text: str) -> int:
+    """Milliseconds since the epoch from an integer, or an ISO-like 'YYYY-MM-DD HH:MM:SS' (UTC assumed)."""
+    text = text.strip().strip('"')
+    if text.lstrip("-").isdigit():
+        return int(text)
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def load_series(path: Path, stream: str | None = None) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
+    """Read a one-stream CSV (timestamp column first, numeric channels after): (stream, ts, values, channels)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    ts = np.array([_parse_ts(r[0]) for r in body], dtype=np.int64)
+    values = np.array([[float(x) for x in r[1:]] for r in body], dtype=np.float32)
+    return stream or Path(path).stem, ts, values, header[1:]
+
+
+def interleave(series: list[tuple[str, np.ndarray, np.ndarray]]) -> Iterator[tuple[str, int, np.ndarray]]:
+    """All readings of several series merged in event-time order (stable across series)."""
+    order = np.concatenate([np.full(len(ts), i) for i, (_, ts, _) in enumerate(series)])
+    rows = np.concatenate([np.arange(len(ts)) for _, ts, _ in series])
+    times = np.concatenate([ts for _, ts, _ in series])
+    for k in np.argsort(times, kind="stable"):
+        name, ts, values = series[order[k]]
+        yield name, int(ts[rows[k]]), values[rows[k]]
+
+
+def replay(producer: KafkaProducer, topic: str, series: list[tuple[str, np.ndarray, np.ndarray]],
+           rate: float = 0.0, chunk: int = 1, progress=None) -> int:
+    """Produce every reading (grouped into chunks of `chunk` per stream) keyed by stream; return the count."""
+    start = time.monotonic()
+    sent = 0
+    pending: dict[str, list[tuple[int, np.ndarray]]] = {}
+
+    def flush_stream(name: str) -> None:
+        rows = pending.pop(name)
+        if chunk == 1:
+            (t, v), = rows
+            body = {"stream": name, "ts": t, "values": v.tolist()}
+        else:
+            body = {"stream": name, "ts": [t for t, _ in rows], "values": [v.tolist() for _, v in rows]}
+        producer.send(topic, key=name.encode(), value=encode(body))
+
+    for name, t, v in interleave(series):
+        pending.setdefault(name, []).append((t, v))
+        if len(pending[name]) >= chunk:
+            flush_stream(name)
+        sent += 1
+        if progress is not None:
+            progress.update(1)
+        if rate > 0:
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    for name in list(pending):
+        flush_stream(name)
+    producer.flush()
+    return sent

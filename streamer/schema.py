@@ -1,0 +1,109 @@
+"""Wire formats: a reading, a chunk of readings of one stream, and the records the daemon publishes.
+
+Decoding turns bytes into arrays ready for the engine, or raises InvalidRecord with a reason label.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from streamer.errors import InvalidRecord
+
+StreamId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class Reading(BaseModel):
+    """One reading: {"stream": "pump-17", "ts": 1732712345123, "values": [0.1, 3.2]} (ts in ms)."""
+
+    model_config = ConfigDict(extra="forbid")
+    stream: StreamId
+    ts: int
+    values: list[float] | dict[str, float]
+
+
+class ReadingChunk(BaseModel):
+    """Several readings of one stream in one record: "ts" is a list and "values" a list of rows."""
+
+    model_config = ConfigDict(extra="forbid")
+    stream: StreamId
+    ts: list[int] = Field(min_length=1)
+    values: list[list[float]] | list[dict[str, float]]
+
+
+_INPUT = TypeAdapter(Reading | ReadingChunk)
+
+
+class Decoded:
+    """A decoded input record: stream id, timestamps [T] (int64 ms) and values [T, F] (float32)."""
+
+    __slots__ = ("stream", "ts", "values")
+
+    def __init__(self, stream: str, ts: np.ndarray, values: np.ndarray) -> None:
+        self.stream = stream
+        self.ts = ts
+        self.values = values
+
+
+def _row(values: list[float] | dict[str, float], channels: tuple[str, ...] | None) -> list[float]:
+    if isinstance(values, dict):
+        if channels is None:
+            raise InvalidRecord("named_channels_unsupported", "values are named but the model has no channel names")
+        unknown = set(values) - set(channels)
+        missing = [c for c in channels if c not in values]
+        if unknown or missing:
+            raise InvalidRecord(
+                "wrong_channels", f"unknown channels {sorted(unknown)}, missing channels {missing}")
+        return [values[c] for c in channels]
+    return values
+
+
+def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None = None,
+           max_bytes: int = 1_048_576) -> Decoded:
+    """Validate one Kafka record value and return it as arrays; InvalidRecord names what is wrong."""
+    if raw is None:
+        raise InvalidRecord("empty", "record has no value (tombstone)")
+    if len(raw) > max_bytes:
+        raise InvalidRecord("oversize", f"record of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        msg = _INPUT.validate_json(raw)
+    except ValidationError as exc:
+        try:
+            json.loads(raw)
+        except ValueError:
+            raise InvalidRecord("invalid_json", "value is not JSON") from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "record"
+        raise InvalidRecord("invalid_schema", f"{where}: {first['msg']}") from None
+    if isinstance(msg, Reading):
+        ts = [msg.ts]
+        rows = [_row(msg.values, channels)]
+    else:
+        if len(msg.ts) != len(msg.values):
+            raise InvalidRecord("wrong_shape", f"{len(msg.ts)} timestamps but {len(msg.values)} rows of values")
+        ts = msg.ts
+        rows = [_row(v, channels) for v in msg.values]
+    widths = {len(r) for r in rows}
+    if widths != {n_features}:
+        raise InvalidRecord("wrong_shape", f"expected {n_features} values per reading, got {sorted(widths)}")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
+        values = np.asarray(rows, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise InvalidRecord("non_finite", "values contain NaN or Inf")
+    return Decoded(msg.stream, np.asarray(ts, dtype=np.int64), values)
+
+
+def encode(obj: dict) -> bytes:
+    """Encode an output record as compact JSON."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def dead_letter(raw: bytes | None, reason: str, detail: str, topic: str, partition: int, offset: int) -> bytes:
+    """A dead-letter record: the reason, where the record came from, and its original bytes (latin-1 safe)."""
+    return encode({
+        "reason": reason, "detail": detail, "topic": topic, "partition": partition, "offset": offset,
+        "original": None if raw is None else raw.decode("latin-1"),
+    })

@@ -1,0 +1,77 @@
+"""Wire-format decoding and settings: clear reasons for bad input, setting names in configuration errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streamer.config import load_settings, settings_markdown
+from streamer.errors import ConfigError, InvalidRecord
+from streamer.schema import dead_letter, decode
+
+
+def test_decode_single_reading_and_chunk():
+    one = decode(b'{"stream":"pump-17","ts":5,"values":[0.5,2]}', 2)
+    assert one.stream == "pump-17" and one.ts.tolist() == [5]
+    np.testing.assert_array_equal(one.values, np.array([[0.5, 2.0]], dtype=np.float32))
+    chunk = decode(b'{"stream":"p","ts":[1,2,3],"values":[[1,2],[3,4],[5,6]]}', 2)
+    assert chunk.ts.dtype == np.int64 and chunk.values.shape == (3, 2)
+
+
+def test_named_channels_map_through_channel_names():
+    d = decode(b'{"stream":"p","ts":1,"values":{"rpm":1200,"temp":21.5}}', 2, channels=("temp", "rpm"))
+    assert d.values.tolist() == [[21.5, 1200.0]]
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (None, "empty"),
+    (b"{not json", "invalid_json"),
+    (b'{"stream":"p","values":[1]}', "invalid_schema"),
+    (b'{"stream":"","ts":1,"values":[1]}', "invalid_schema"),
+    (b'{"stream":"p","ts":1,"values":[1],"extra":1}', "invalid_schema"),
+    (b'{"stream":"p","ts":"x","values":[1]}', "invalid_schema"),
+    (b'{"stream":"p","ts":1,"values":[1,2,3]}', "wrong_shape"),
+    (b'{"stream":"p","ts":[1,2],"values":[[1]]}', "wrong_shape"),
+    (b'{"stream":"p","ts":1,"values":[NaN]}', "non_finite"),
+    (b'{"stream":"p","ts":1,"values":[1e300]}', "non_finite"),
+    (b'{"stream":"p","ts":1,"values":{"temp":1}}', "named_channels_unsupported"),
+    (b"x" * 2000, "oversize"),
+])
+def test_bad_records_get_a_reason(raw, reason):
+    with pytest.raises(InvalidRecord) as err:
+        decode(raw, 1, max_bytes=1000)
+    assert err.value.reason == reason
+
+
+def test_dead_letter_keeps_original_bytes_and_origin():
+    raw = b"\xff\xfe not utf-8"
+    msg = json.loads(dead_letter(raw, "invalid_json", "value is not JSON", "readings", 3, 42))
+    assert msg["original"].encode("latin-1") == raw
+    assert (msg["topic"], msg["partition"], msg["offset"], msg["reason"]) == ("readings", 3, 42, "invalid_json")
+
+
+def test_settings_from_nested_environment(monkeypatch):
+    monkeypatch.setenv("STREAMER_KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9092")
+    monkeypatch.setenv("STREAMER_KAFKA__INPUT_TOPICS", '["a", "b"]')
+    monkeypatch.setenv("STREAMER_ENGINE__CAPACITY", "42")
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == "10.0.0.1:9092"
+    assert s.kafka.input_topics == ["a", "b"]
+    assert s.engine.capacity == 42
+
+
+def test_wrong_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv("STREAMER_ENGINE__CAPACITY", "-1")
+    with pytest.raises(ConfigError, match="STREAMER_ENGINE__CAPACITY"):
+        load_settings()
+    monkeypatch.delenv("STREAMER_ENGINE__CAPACITY")
+    monkeypatch.setenv("STREAMER_MODEL__FAMILY", "transformer")
+    with pytest.raises(ConfigError, match="STREAMER_MODEL__FAMILY"):
+        load_settings()
+
+
+def test_readme_configuration_reference_is_generated_from_settings():
+    readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert settings_markdown() in readme, "README's settings table drifted: paste `streamer settings` output"
