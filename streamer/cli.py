@@ -59,6 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging("WARNING", settings.log_format)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # the demo's own output is the point; keep client chatter out
     bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
     return run_demo(bootstrap, [Path(p) for p in args.files], every=args.every, timeout_s=args.timeout)
 

@@ -25,11 +25,21 @@ class KafkaSettings(BaseModel):
                                    description="topic of records that could not be processed, with the reason")
     group_id: str = Field(default="streamer", description="consumer group: instances sharing it share the partitions")
     client_id: str = Field(default="streamer", description="client id shown in broker logs and quotas")
+    changelog_topic: str | None = Field(
+        default=None,
+        description="compacted per-stream state topic, co-partitioned with the input; default: <group_id>-state-changelog")
+    instance_id: str | None = Field(
+        default=None, description="static group membership id: a restart takes its partitions back at once")
     # Exactly once: outputs and consumer offsets in one transaction; consumers read committed data only.
     exactly_once: bool = Field(default=True, description="outputs and offsets in one transaction")
     transactional_id: str | None = Field(
         default=None, description="stable per instance; default: <group_id>-<hostname>")
     max_record_bytes: int = Field(default=1_048_576, gt=0, description="larger input records are dead-lettered")
+
+    @property
+    def changelog(self) -> str:
+        """The changelog topic's name, derived from the group id unless set."""
+        return self.changelog_topic or f"{self.group_id}-state-changelog"
 
     @field_validator("input_topics")
     @classmethod
@@ -57,6 +67,8 @@ class EngineSettings(BaseModel):
     idle_ttl_s: float | None = Field(default=None, gt=0, description="evict streams idle this long (seconds)")
     max_batch_readings: int = Field(default=5_000, gt=0, description="records per poll and batch")
     max_wait_ms: int = Field(default=100, ge=0, description="longest wait for a batch to fill")
+    state_dir: str | None = Field(
+        default=None, description="folder of the on-disk cold state store (default: the temp folder)")
 
 
 class Settings(BaseSettings):

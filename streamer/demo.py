@@ -26,7 +26,7 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
         "bootstrap_servers": bootstrap, "input_topics": [f"demo-readings-{run}"],
         "output_topic": f"demo-outputs-{run}", "dead_letter_topic": f"demo-dead-letters-{run}",
         "group_id": f"demo-{run}", "transactional_id": f"demo-{run}",
-    })
+    }, engine={"max_batch_readings": 500})
     k = settings.kafka
     ensure_topics(k, {k.input_topics[0]: {"num_partitions": 2}, k.output_topic: {}, k.dead_letter_topic: {}})
     series = [load_series(p)[:3] for p in files]
@@ -44,7 +44,8 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
     started = time.monotonic()
     thread.start()
     consumer = KafkaConsumer(k.output_topic, k.dead_letter_topic, bootstrap_servers=bootstrap.split(","),
-                             isolation_level="read_committed", auto_offset_reset="earliest")
+                             isolation_level="read_committed", auto_offset_reset="earliest",
+                             enable_auto_commit=False)
     outputs = dead = 0
     last: dict[str, dict] = {}
     try:

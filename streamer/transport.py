@@ -24,7 +24,8 @@ class OutRecord:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    partition: int | None = None
 
 
 def common_config(kafka: KafkaSettings) -> dict:
@@ -34,8 +35,10 @@ def common_config(kafka: KafkaSettings) -> dict:
 
 def make_consumer(kafka: KafkaSettings) -> KafkaConsumer:
     """A group consumer that reads committed data only and never commits on its own."""
+    static = {"group_instance_id": kafka.instance_id} if kafka.instance_id else {}
     return KafkaConsumer(
         **common_config(kafka),
+        **static,
         group_id=kafka.group_id,
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -122,7 +125,7 @@ class Committer:
             self.producer.begin_transaction()
             try:
                 for rec in records:
-                    self.producer.send(rec.topic, key=rec.key, value=rec.value)
+                    self.producer.send(rec.topic, key=rec.key, value=rec.value, partition=rec.partition)
                 if offsets:
                     self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
                 self.producer.commit_transaction()
@@ -131,7 +134,7 @@ class Committer:
                 raise
         else:
             for rec in records:
-                self.producer.send(rec.topic, key=rec.key, value=rec.value)
+                self.producer.send(rec.topic, key=rec.key, value=rec.value, partition=rec.partition)
             self.producer.flush()
             if offsets:
                 self.consumer.commit(offsets)

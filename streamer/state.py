@@ -1,0 +1,343 @@
+"""Per-stream recurrent state in preallocated tensors: slots, LRU / idle-TTL eviction, snapshot and restore."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamer.errors import StateError
+
+MAGIC = b"STRMSTAT"
+VERSION = 1
+_PREFIX = struct.Struct("<8sHI")  # magic, version, header length
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_FREE = np.iinfo(np.int64).max  # LRU rank of a free slot: never chosen as a victim
+
+
+def _le_bytes(t: Tensor) -> bytes:
+    """Raw little-endian bytes of a CPU tensor of any float dtype."""
+    t = t.contiguous()
+    if sys.byteorder == "little":
+        return t.view(torch.uint8).numpy().tobytes()
+    return t.view(_INT_OF_SIZE[t.element_size()]).numpy().byteswap().tobytes()
+
+
+def _from_le(buf: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+    """Tensor of `shape` from little-endian bytes (copied, so it owns its memory)."""
+    raw = bytearray(buf)
+    if not raw:
+        return torch.empty(shape, dtype=dtype)
+    if sys.byteorder == "little":
+        return torch.frombuffer(raw, dtype=dtype).reshape(shape)
+    itype = _INT_OF_SIZE[torch.empty(0, dtype=dtype).element_size()]
+    swapped = torch.frombuffer(raw, dtype=itype).numpy().byteswap()
+    return torch.from_numpy(swapped).view(dtype).reshape(shape)
+
+
+class StateStore:
+    """Fixed-capacity store of per-stream state tensors [layers, capacity, hidden] plus detector extras.
+
+    Memory is allocated once; a stream id maps to a slot. When full, new streams evict idle-TTL streams
+    first, then the least recently used; `on_evict(stream, snapshot bytes)` is called for each.
+    A new stream starts from `initial(n)` (zeros by default), or from the snapshot `on_miss(stream)`
+    returns: loading returning streams there is safe, whereas restore() before a step may evict a
+    stream of that same step unless the step's resident streams are touched (slots()) first.
+    """
+
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, int]],
+        capacity: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        idle_ttl: float | None = None,
+        on_evict: Callable[[str, bytes], None] | None = None,
+        initial: Callable[[int], dict[str, Tensor]] | None = None,
+        on_miss: Callable[[str], bytes | None] | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise StateError(f"state store capacity must be >= 1, got {capacity}")
+        if dtype not in _DTYPE_NAMES:
+            raise StateError(f"state dtype {dtype} is not one of {sorted(_DTYPES)}")
+        self.shapes = {n: (int(s[0]), int(s[1])) for n, s in shapes.items()}
+        self.names = tuple(self.shapes)
+        self._capacity = int(capacity)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.idle_ttl = idle_ttl
+        self.on_evict = on_evict
+        self.initial = initial
+        self.on_miss = on_miss
+        self.tensors = {
+            n: torch.zeros(layers, capacity, hidden, device=self.device, dtype=dtype)
+            for n, (layers, hidden) in self.shapes.items()
+        }
+        self._index: dict[str, int] = {}
+        self._ids = np.empty(capacity, dtype=object)  # slot -> stream id
+        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)  # stack; slot 0 is handed out first
+        self._n_free = capacity
+        self._rank = np.full(capacity, _FREE, dtype=np.int64)  # LRU order: higher = more recent
+        self._clock = 0
+        self._seen = np.zeros(capacity, dtype=np.float64)  # last `now` each slot was used
+        self._extra: dict[str, dict[str, Any]] = {}
+        self.evictions = 0
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of resident streams."""
+        return self._capacity
+
+    def __len__(self) -> int:
+        return self._capacity - self._n_free
+
+    def __contains__(self, stream: object) -> bool:
+        return stream in self._index
+
+    def streams(self) -> list[str]:
+        """Resident stream ids (no particular order)."""
+        return list(self._index)
+
+    def _touch(self, slots: np.ndarray, now: float) -> None:
+        n = slots.shape[0]
+        self._rank[slots] = np.arange(self._clock, self._clock + n, dtype=np.int64)
+        self._clock += n
+        self._seen[slots] = now
+
+    def slots(self, stream_ids: list[str], now: float | None = None) -> Tensor:
+        """Slot of each stream (distinct ids), allocating new ones with the initial state; marks all used."""
+        return self._slots(stream_ids, now, load=True)
+
+    def _slots(self, stream_ids: list[str], now: float | None, load: bool) -> Tensor:
+        now = time.monotonic() if now is None else float(now)
+        n = len(stream_ids)
+        if n > self._capacity:
+            raise StateError(f"{n} streams requested at once but the store holds {self._capacity}")
+        found = np.fromiter(map(self._index.get, stream_ids, repeat(-1)), dtype=np.int64, count=n)
+        missing = np.flatnonzero(found < 0)
+        self._touch(found[found >= 0], now)
+        if missing.size:
+            new_ids = [stream_ids[i] for i in missing.tolist()]
+            if len(set(new_ids)) != len(new_ids):
+                raise StateError("stream ids passed to slots() must be distinct")
+            m = missing.size
+            if m > self._n_free:
+                self._make_room(m - self._n_free, now)
+            new = self._free[self._n_free - m : self._n_free][::-1].copy()
+            self._n_free -= m
+            self._index.update(zip(new_ids, new.tolist(), strict=True))
+            self._ids[new] = new_ids
+            self._write_initial(new)
+            if load and self.on_miss is not None:
+                self._load_missing(new_ids, new)
+            found[missing] = new
+            self._touch(new, now)
+        elif np.unique(found).size != n:
+            raise StateError("stream ids passed to slots() must be distinct")
+        return torch.from_numpy(found)
+
+    def _load_missing(self, ids: list[str], slots: np.ndarray) -> None:
+        """Fill newly allocated slots from on_miss snapshots (e.g. a stream coming back after eviction)."""
+        for sid, slot in zip(ids, slots.tolist(), strict=True):
+            blob = self.on_miss(sid)
+            if not blob:
+                continue
+            streams, extras, blocks = self._decode(blob)
+            if sid not in streams:
+                raise StateError(f"on_miss snapshot for {sid!r} holds {streams[:3]} instead")
+            i = streams.index(sid)
+            idx = torch.tensor([slot], device=self.device)
+            for name, t in self.tensors.items():
+                t.index_copy_(1, idx, blocks[name][i : i + 1].transpose(0, 1).to(self.device))
+            if extras[i] is not None:
+                self._extra[sid] = extras[i]
+
+    def _write_initial(self, slots: np.ndarray) -> None:
+        idx = torch.from_numpy(slots).to(self.device)
+        if self.initial is None:
+            for t in self.tensors.values():
+                t.index_fill_(1, idx, 0.0)
+            return
+        init = self.initial(int(slots.shape[0]))
+        for name, t in self.tensors.items():
+            t.index_copy_(1, idx, init[name].detach().to(device=self.device, dtype=self.dtype))
+
+    def _make_room(self, need: int, now: float) -> None:
+        """Evict idle streams (all of them), then least recently used ones until `need` slots are free."""
+        if self.idle_ttl is not None:
+            need -= self.evict_idle(now)
+        if need > 0:
+            victims = np.argpartition(self._rank, need - 1)[:need]
+            self._evict(victims[np.argsort(self._rank[victims])], callback=True)
+
+    def evict_idle(self, now: float | None = None) -> int:
+        """Evict every stream unused for longer than idle_ttl; returns how many."""
+        if self.idle_ttl is None:
+            return 0
+        now = time.monotonic() if now is None else float(now)
+        idle = np.flatnonzero((self._rank != _FREE) & (self._seen < now - self.idle_ttl))
+        if idle.size:
+            self._evict(idle[np.argsort(self._rank[idle])], callback=True)
+        return int(idle.size)
+
+    def _evict(self, slots: np.ndarray, callback: bool) -> None:
+        ids = self._ids[slots].tolist()
+        if callback and self.on_evict is not None:
+            blobs = self.snapshot_each(ids)
+        for s in ids:
+            del self._index[s]
+        self._ids[slots] = None
+        self._rank[slots] = _FREE
+        self._free[self._n_free : self._n_free + slots.size] = slots
+        self._n_free += slots.size
+        for s in ids:
+            self._extra.pop(s, None)
+        if callback:
+            self.evictions += len(ids)
+            if self.on_evict is not None:
+                for s, blob in zip(ids, blobs, strict=True):
+                    self.on_evict(s, blob)
+
+    def drop(self, stream_ids: Iterable[str]) -> int:
+        """Forget streams without calling on_evict (partition revoked); unknown ids are ignored."""
+        slots = np.fromiter((self._index[s] for s in stream_ids if s in self._index), dtype=np.int64)
+        if slots.size:
+            self._evict(slots, callback=False)
+        return int(slots.size)
+
+    def clear(self) -> None:
+        """Forget every stream without callbacks."""
+        self.drop(list(self._index))
+
+    def gather(self, slots: Tensor) -> dict[str, Tensor]:
+        """State of the given slots: name -> [layers, n, hidden] (a copy)."""
+        idx = slots.to(self.device)
+        return {n: t.index_select(1, idx) for n, t in self.tensors.items()}
+
+    def scatter(self, slots: Tensor, state: dict[str, Tensor]) -> None:
+        """Write state [layers, n, hidden] per name back into distinct slots."""
+        idx = slots.to(self.device)
+        for n, t in self.tensors.items():
+            t.index_copy_(1, idx, state[n].detach().to(dtype=self.dtype))
+
+    def get_extra(self, stream: str) -> dict[str, Any] | None:
+        """Opaque detector state of a resident stream (None when unset)."""
+        return self._extra.get(stream)
+
+    def set_extra(self, stream: str, extra: dict[str, Any] | None) -> None:
+        """Set the detector state of a resident stream; it must be JSON-able, it goes into snapshots."""
+        if stream not in self._index:
+            raise StateError(f"stream {stream!r} is not resident")
+        if extra is None:
+            self._extra.pop(stream, None)
+        else:
+            self._extra[stream] = extra
+
+    def _slots_of(self, stream_ids: list[str]) -> np.ndarray:
+        try:
+            return np.fromiter((self._index[s] for s in stream_ids), dtype=np.int64, count=len(stream_ids))
+        except KeyError as e:
+            raise StateError(f"stream {e.args[0]!r} is not resident") from None
+
+    def _encode(self, streams: list[str], blocks: dict[str, Tensor]) -> bytes:
+        header = {
+            "names": list(self.names),
+            "dtype": _DTYPE_NAMES[self.dtype],
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "layout": "per name: [streams, layers, hidden], little-endian",
+            "streams": streams,
+            "extras": [self._extra.get(s) for s in streams],
+        }
+        head = json.dumps(header, separators=(",", ":")).encode()
+        body = [_le_bytes(blocks[n]) for n in self.names]
+        return b"".join([_PREFIX.pack(MAGIC, VERSION, len(head)), head, *body])
+
+    def snapshot(self, stream_ids: list[str]) -> bytes:
+        """Versioned binary snapshot of the given resident streams (never pickle)."""
+        stream_ids = list(stream_ids)
+        idx = torch.from_numpy(self._slots_of(stream_ids)).to(self.device)
+        blocks = {n: t.index_select(1, idx).transpose(0, 1).cpu() for n, t in self.tensors.items()}
+        return self._encode(stream_ids, blocks)
+
+    def snapshot_one(self, stream: str) -> bytes:
+        """Snapshot of a single stream."""
+        return self.snapshot([stream])
+
+    def snapshot_each(self, stream_ids: list[str]) -> list[bytes]:
+        """One snapshot per stream (e.g. one changelog record each), with a single device read."""
+        stream_ids = list(stream_ids)
+        idx = torch.from_numpy(self._slots_of(stream_ids)).to(self.device)
+        blocks = {n: t.index_select(1, idx).transpose(0, 1).cpu() for n, t in self.tensors.items()}
+        return [self._encode([s], {n: b[i : i + 1] for n, b in blocks.items()}) for i, s in enumerate(stream_ids)]
+
+    def _decode(self, data: bytes) -> tuple[list[str], list[Any], dict[str, Tensor]]:
+        view = memoryview(data)
+        if len(view) < _PREFIX.size:
+            raise StateError(f"state snapshot too short ({len(view)} bytes)")
+        magic, version, hlen = _PREFIX.unpack_from(view)
+        if magic != MAGIC:
+            raise StateError(f"not a streamer state snapshot (magic {magic!r}, expected {MAGIC!r})")
+        if version != VERSION:
+            raise StateError(f"state snapshot version {version} is not supported (this build reads {VERSION})")
+        try:
+            header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + hlen]))
+            names, dtype_name = list(header["names"]), header["dtype"]
+            shapes = {n: tuple(s) for n, s in header["shapes"].items()}
+            streams, extras = list(header["streams"]), list(header["extras"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StateError(f"state snapshot header is malformed: {e}") from None
+        if dtype_name != _DTYPE_NAMES[self.dtype]:
+            raise StateError(f"state snapshot dtype {dtype_name} does not match the store's {_DTYPE_NAMES[self.dtype]}")
+        if names != list(self.names) or shapes != self.shapes:
+            raise StateError(
+                f"state snapshot shapes {dict(zip(names, shapes.values(), strict=False))} do not match "
+                f"the store's {self.shapes}"
+            )
+        if len(extras) != len(streams) or len(set(streams)) != len(streams):
+            raise StateError("state snapshot header is malformed: streams and extras disagree")
+        n, pos = len(streams), _PREFIX.size + hlen
+        item = torch.empty(0, dtype=self.dtype).element_size()
+        blocks = {}
+        for name in names:
+            layers, hidden = self.shapes[name]
+            size = n * layers * hidden * item
+            if pos + size > len(view):
+                raise StateError(f"state snapshot truncated: tensor {name!r} needs {size} bytes")
+            blocks[name] = _from_le(view[pos : pos + size], self.dtype, (n, layers, hidden))
+            pos += size
+        if pos != len(view):
+            raise StateError(f"state snapshot has {len(view) - pos} trailing bytes")
+        return streams, extras, blocks
+
+    def restore(self, data: bytes, now: float | None = None) -> list[str]:
+        """Load a snapshot (validated first; may evict to make room); returns the restored stream ids."""
+        streams, extras, blocks = self._decode(data)
+        if not streams:
+            return []
+        slots = self._slots(streams, now, load=False)
+        self.scatter(slots, {n: b.transpose(0, 1) for n, b in blocks.items()})
+        for s, e in zip(streams, extras, strict=True):
+            if e is None:
+                self._extra.pop(s, None)
+            else:
+                self._extra[s] = e
+        return streams
+
+    def nbytes(self) -> int:
+        """Bytes of the preallocated state tensors."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())

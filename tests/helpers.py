@@ -1,0 +1,46 @@
+"""Helpers shared by the integration tests: read topics back, run `streamer serve` as a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+from kafka import KafkaConsumer
+
+
+def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 60.0, proc=None) -> dict[str, list[dict]]:
+    """Read JSON records (read_committed) from `topics` until `want` arrived, the timeout, or `proc` died."""
+    consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             isolation_level="read_committed", enable_auto_commit=False)
+    got: dict[str, list[dict]] = {t: [] for t in topics}
+    deadline = time.monotonic() + timeout
+    while sum(map(len, got.values())) < want and time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        for tp, recs in consumer.poll(timeout_ms=200).items():
+            got[tp.topic].extend(json.loads(r.value) for r in recs)
+    consumer.close()
+    return got
+
+
+def serve_env(bootstrap: str, src: str, out: str, dead: str, **extra: str) -> dict[str, str]:
+    """Environment for a `streamer serve` child with its own group, transactional id and changelog."""
+    run = uuid.uuid4().hex[:8]
+    env = dict(os.environ,
+               STREAMER_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+               STREAMER_KAFKA__INPUT_TOPICS=json.dumps([src]),
+               STREAMER_KAFKA__OUTPUT_TOPIC=out, STREAMER_KAFKA__DEAD_LETTER_TOPIC=dead,
+               STREAMER_KAFKA__GROUP_ID=f"g-{run}", STREAMER_KAFKA__TRANSACTIONAL_ID=f"tx-{run}",
+               STREAMER_ENGINE__DEVICE="cpu", STREAMER_LOG_FORMAT="json")
+    env.update(extra)
+    return env
+
+
+def start_serve(env: dict[str, str]) -> subprocess.Popen:
+    """Start `python -m streamer.cli serve` with `env`; stderr (logs) is captured."""
+    return subprocess.Popen([sys.executable, "-m", "streamer.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

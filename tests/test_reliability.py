@@ -1,0 +1,90 @@
+"""Reliability on the real broker: kill -9 at random instants loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from tests.helpers import collect, serve_env, start_serve
+
+pytestmark = pytest.mark.reliability
+
+
+def _produce_readings(bootstrap: str, topic: str, streams: int, per_stream: int, seed: int = 0) -> int:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(streams, per_stream)).cumsum(axis=1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    for t in range(per_stream):
+        for s in range(streams):
+            body = {"stream": f"machine-{s}", "ts": 60_000 * t, "values": [float(values[s, t])]}
+            producer.send(topic, key=f"machine-{s}".encode(), value=json.dumps(body).encode())
+    producer.close()
+    return streams * per_stream
+
+
+def _by_stream(outputs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for o in outputs:
+        out.setdefault(o["stream"], []).append(o)
+    return out
+
+
+def _assert_same_outputs(got: list[dict], want: list[dict]) -> None:
+    g, w = _by_stream(got), _by_stream(want)
+    assert sorted(g) == sorted(w)
+    for stream in w:
+        assert [(o["ts"], o["n"]) for o in g[stream]] == [(o["ts"], o["n"]) for o in w[stream]], stream
+        np.testing.assert_allclose([o["prediction"] for o in g[stream]], [o["prediction"] for o in w[stream]],
+                                   atol=1e-5)
+
+
+def _run_to_completion(env: dict, bootstrap: str, out: str, total: int, timeout: float = 120) -> list[dict]:
+    proc = start_serve(env)
+    try:
+        got = collect(bootstrap, [out], total, timeout=timeout, proc=proc)[out]
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if len(got) == total:  # a duplicate would come after the last expected record: wait for one
+            got = collect(bootstrap, [out], total + 1, timeout=3)[out]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    return got
+
+
+@pytest.mark.parametrize("kills", [pytest.param(5, id="5-kills"),
+                                   pytest.param(20, id="20-kills", marks=pytest.mark.slow)])
+def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_topic, kills):
+    src = new_topic("readings", partitions=2)
+    total = _produce_readings(kafka_bootstrap, src, streams=6, per_stream=600)
+    # Small batches: hundreds of transactions, so the kills land between and inside them.
+    knobs = {"STREAMER_ENGINE__MAX_BATCH_READINGS": "12", "STREAMER_MODEL__HIDDEN": "16"}
+
+    ref_out = new_topic("ref-out")
+    reference = _run_to_completion(serve_env(kafka_bootstrap, src, ref_out, new_topic("ref-dead"), **knobs),
+                                   kafka_bootstrap, ref_out, total)
+    assert len(reference) == total
+
+    out = new_topic("crash-out")
+    env = serve_env(kafka_bootstrap, src, out, new_topic("crash-dead"), **knobs,
+                    STREAMER_KAFKA__INSTANCE_ID="crash-instance")
+    rng = random.Random(1234)
+    committed_before_kill = []
+    for _ in range(kills):
+        proc = start_serve(env)
+        time.sleep(rng.uniform(2.0, 5.0))  # start-up takes about 2 s: most kills land mid-stream
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+        committed_before_kill.append(len(collect(kafka_bootstrap, [out], total, timeout=2)[out]))
+    final = _run_to_completion(env, kafka_bootstrap, out, total)
+    # The kills interrupted real work: some progress was committed before the last kill, not all of it.
+    assert any(0 < n < total for n in committed_before_kill), committed_before_kill
+    _assert_same_outputs(final, reference)
+    assert len(final) == total
