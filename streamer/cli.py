@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("settings", help="print the settings reference",
                        description="Every STREAMER_* setting with its type, default and meaning, as Markdown.")
     p.set_defaults(func=cmd_settings)
+    from training.cli import register as register_training; register_training(sub)
     return parser
 
 

@@ -30,6 +30,10 @@ class KafkaSettings(BaseModel):
         description="compacted per-stream state topic, co-partitioned with the input; default: <group_id>-state-changelog")
     instance_id: str | None = Field(
         default=None, description="static group membership id: a restart takes its partitions back at once")
+    session_timeout_ms: int = Field(
+        default=10_000, ge=6_000, description="a member silent this long leaves the group; its partitions move")
+    transaction_timeout_ms: int = Field(
+        default=15_000, ge=1_000, description="the broker aborts a crashed instance's open transaction after this")
     # Exactly once: outputs and consumer offsets in one transaction; consumers read committed data only.
     exactly_once: bool = Field(default=True, description="outputs and offsets in one transaction")
     transactional_id: str | None = Field(

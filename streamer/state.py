@@ -233,7 +233,7 @@ class StateStore:
         """Write state [layers, n, hidden] per name back into distinct slots."""
         idx = slots.to(self.device)
         for n, t in self.tensors.items():
-            t.index_copy_(1, idx, state[n].detach().to(dtype=self.dtype))
+            t.index_copy_(1, idx, state[n].detach().to(device=self.device, dtype=self.dtype))
 
     def get_extra(self, stream: str) -> dict[str, Any] | None:
         """Opaque detector state of a resident stream (None when unset)."""

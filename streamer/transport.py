@@ -40,6 +40,8 @@ def make_consumer(kafka: KafkaSettings) -> KafkaConsumer:
         **common_config(kafka),
         **static,
         group_id=kafka.group_id,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, kafka.session_timeout_ms // 5),
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
@@ -49,7 +51,8 @@ def make_consumer(kafka: KafkaSettings) -> KafkaConsumer:
 
 def make_producer(kafka: KafkaSettings, transactional_id: str | None) -> KafkaProducer:
     """An idempotent producer; transactional when a transactional id is given."""
-    extra = {"transactional_id": transactional_id} if transactional_id else {}
+    extra = ({"transactional_id": transactional_id, "transaction_timeout_ms": kafka.transaction_timeout_ms}
+             if transactional_id else {})
     return KafkaProducer(
         **common_config(kafka),
         acks="all",

@@ -88,3 +88,58 @@ def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_
     assert any(0 < n < total for n in committed_before_kill), committed_before_kill
     _assert_same_outputs(final, reference)
     assert len(final) == total
+
+
+def test_survivor_takes_over_a_killed_instances_partitions(kafka_bootstrap, new_topic):
+    import threading
+
+    src = new_topic("readings", partitions=4)
+    streams, per_stream = 8, 300
+    total = streams * per_stream
+    knobs = {"STREAMER_ENGINE__MAX_BATCH_READINGS": "16", "STREAMER_MODEL__HIDDEN": "16",
+             "STREAMER_KAFKA__SESSION_TIMEOUT_MS": "6000", "STREAMER_KAFKA__TRANSACTION_TIMEOUT_MS": "5000"}
+    out = new_topic("pair-out")
+    env_a = serve_env(kafka_bootstrap, src, out, new_topic("pair-dead"), **knobs)
+    group = env_a["STREAMER_KAFKA__GROUP_ID"]
+    env_a.update(STREAMER_KAFKA__TRANSACTIONAL_ID=f"{group}-a", STREAMER_KAFKA__CLIENT_ID="a")
+    env_b = dict(env_a, STREAMER_KAFKA__TRANSACTIONAL_ID=f"{group}-b", STREAMER_KAFKA__CLIENT_ID="b")
+    a, b = start_serve(env_a), start_serve(env_b)
+    # Readings trickle in over ~16 s so that both instances own live partitions when one dies.
+    producing = threading.Thread(target=_produce_slowly, args=(kafka_bootstrap, src, streams, per_stream, 16.0))
+    producing.start()
+    try:
+        time.sleep(9.0)  # both have started (about 3 s each on 2 cores) and own partitions
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        producing.join()
+        got = collect(kafka_bootstrap, [out], total, timeout=120, proc=b)[out]
+        assert b.poll() is None, b.communicate()[1][-3000:]
+        if len(got) == total:
+            got = collect(kafka_bootstrap, [out], total + 1, timeout=3)[out]
+    finally:
+        logs = {}
+        for name, p in (("a", a), ("b", b)):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            logs[name] = [json.loads(x) for x in p.communicate(timeout=60)[1].splitlines() if x.startswith("{")]
+    # The survivor restored state that the killed instance had written to the changelog.
+    restores = [e for e in logs["b"] if e["msg"] == "restored state"]
+    assert len(restores) >= 2 and restores[-1]["records"] > 0, restores
+    ref_out = new_topic("solo-out")
+    reference = _run_to_completion(serve_env(kafka_bootstrap, src, ref_out, new_topic("solo-dead"), **knobs),
+                                   kafka_bootstrap, ref_out, total)
+    _assert_same_outputs(got, reference)
+    assert len(got) == total
+
+
+def _produce_slowly(bootstrap: str, topic: str, streams: int, per_stream: int, seconds: float) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(streams, per_stream)).cumsum(axis=1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    pause = seconds / per_stream
+    for t in range(per_stream):
+        for s in range(streams):
+            body = {"stream": f"machine-{s}", "ts": 60_000 * t, "values": [float(values[s, t])]}
+            producer.send(topic, key=f"machine-{s}".encode(), value=json.dumps(body).encode())
+        time.sleep(pause)
+    producer.close()

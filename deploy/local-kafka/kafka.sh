@@ -62,6 +62,8 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
+# Abort the open transactions of crashed producers soon after their timeout, not up to 10 s later.
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 # The cleaner's default 128 MiB dedupe buffer does not fit a small heap.
 log.cleaner.dedupe.buffer.size=4194304
 log.cleaner.backoff.ms=1000

@@ -202,7 +202,9 @@ class RecurrentModel(nn.Module):
         lead = y.shape[:-1]
         return {h: y[..., a:b].reshape(*lead, *shape) for h, a, b, shape in self._head_slices}
 
-    def _call_rnn(self, x, state: list[Tensor]):
+    def _call_rnn(
+        self, x: Tensor | PackedSequence, state: list[Tensor]
+    ) -> tuple[Tensor | PackedSequence, list[Tensor]]:
         hx = (state[0], state[1]) if len(state) == 2 else state[0]
         out, hn = self.rnn(x, hx)
         return out, (list(hn) if isinstance(hn, tuple) else [hn])
