@@ -27,7 +27,7 @@ class KafkaSettings(BaseModel):
     client_id: str = Field(default="streamer", description="client id shown in broker logs and quotas")
     changelog_topic: str | None = Field(
         default=None,
-        description="compacted per-stream state topic, co-partitioned with the input; default: <group_id>-state-changelog")
+        description="compacted per-stream state topic, co-partitioned with input; default: <group_id>-state-changelog")
     instance_id: str | None = Field(
         default=None, description="static group membership id: a restart takes its partitions back at once")
     session_timeout_ms: int = Field(
