@@ -1,0 +1,227 @@
+"""One training run from a TOML config: data, splits, normalisation, fit, evaluation, checkpoint, report."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamer.errors import ConfigError
+from streamer.models import ModelConfig, build_model
+from training import checkpoints
+from training.baselines import beat_ratio, event_baseline, forecast_baselines, repeat_last
+from training.data import FeatureSpec, Normalizer, Series, fingerprint, load_csv, load_npy, split_fractions, split_rows
+from training.delay import DelayLine, export
+from training.evaluate import (
+    calibrate_event_threshold,
+    event_metrics,
+    forecast_metrics,
+    forecast_origins,
+    forecast_targets,
+    predict_stream,
+)
+from training.fit import TrainConfig, fit
+from training.layout import Stream
+from training.reports import plot_errors, plot_events, plot_forecast, plot_losses, write_metrics
+
+SECTIONS = {"data", "split", "model", "train", "report"}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The TOML config with data paths made absolute (relative to the config file)."""
+    path = Path(path)
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    unknown = set(cfg) - SECTIONS
+    if unknown:
+        raise ConfigError(f"{path}: unknown sections {sorted(unknown)} (known: {sorted(SECTIONS)})")
+    data = cfg.setdefault("data", {})
+    for key in ("path", "test_path"):
+        if key in data:
+            data[key] = str((path.parent / data[key]).resolve())
+    if "path" not in data:
+        raise ConfigError(f"{path}: [data] needs path")
+    return cfg
+
+
+def _spec(data: dict[str, Any]) -> FeatureSpec:
+    cats = []
+    for c in data.get("categorical", []):
+        if isinstance(c, str):
+            from training.data import DERIVED
+
+            if c not in DERIVED:
+                raise ConfigError(f"categorical {c!r} needs a cardinality ({{name=..., cardinality=...}})")
+            cats.append((c, DERIVED[c]))
+        else:
+            cats.append((str(c["name"]), int(c["cardinality"])))
+    if not data.get("numeric"):
+        raise ConfigError("[data] needs numeric = [channel names]")
+    return FeatureSpec(tuple(data["numeric"]), tuple(cats), data.get("label"))
+
+
+def _load(path: str, spec: FeatureSpec, data: dict[str, Any]) -> Series:
+    if path.endswith(".npy"):
+        return load_npy(path, spec)
+    series = load_csv(path, spec, data.get("time_column"), data.get("stream_column"))
+    if len(series) != 1:
+        raise ConfigError(f"{path}: {len(series)} streams; this runner trains on one stream per file")
+    return series[0]
+
+
+def _train_config(section: dict[str, Any], task: str, device: str | None, epochs: int | None) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    extra = set(section) - known
+    if extra:
+        raise ConfigError(f"[train] unknown keys {sorted(extra)}")
+    kw = dict(section, task=task)
+    if device:
+        kw["device"] = device
+    if epochs:
+        kw["epochs"] = epochs
+    return TrainConfig(**kw)
+
+
+def run(config_path: str | Path, out: str | Path, device: str | None = None, epochs: int | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train as the config says; writes OUT/checkpoint/ and OUT/report/; returns the metrics."""
+    t_start = time.monotonic()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    cfg = load_config(config_path)
+    data, split, mcfg = cfg["data"], cfg.get("split", {}), dict(cfg.get("model", {}))
+    spec = _spec(data)
+    task = "event" if spec.label else "forecast"
+    tc = _train_config(cfg.get("train", {}), task, device, epochs)
+    tc.progress = progress
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available")
+    series = _load(data["path"], spec, data)
+    if "rows" in split:
+        sp = split_rows(series, {k: tuple(v) for k, v in split["rows"].items()})
+    else:
+        sp = split_fractions(series, float(split.get("val_fraction", 0.15)), float(split.get("test_fraction", 0.0)))
+    if "train" not in sp or "val" not in sp:
+        raise ConfigError("[split] must give train and val rows")
+    norm = Normalizer.fit([sp["train"]])
+    x = norm.apply(series.values)
+    labels = series.labels.astype(np.float32) if series.labels is not None else None
+    train = [Stream(series.stream, x, series.categorical, labels, sp["train"].lo, sp["train"].hi)]
+    val = [Stream(series.stream, x, series.categorical, labels, sp["val"].lo, sp["val"].hi)]
+    if "test_path" in data:
+        ts = _load(data["test_path"], spec, data)
+        test = Stream(ts.stream, norm.apply(ts.values), ts.categorical,
+                      None if ts.labels is None else ts.labels.astype(np.float32), 0, len(ts))
+    elif "test" in sp:
+        test = Stream(series.stream, x, series.categorical, labels, sp["test"].lo, sp["test"].hi)
+    else:
+        raise ConfigError("no test data: give [split] rows.test or [data] test_path")
+
+    context = int(mcfg.pop("context", 0))
+    learned = int(mcfg.pop("hidden", 64))
+    heads = ("forecast",) if task == "forecast" else ("event",)
+    horizon = int(mcfg.pop("horizon", 1))
+    hidden = DelayLine.hidden_for(context, len(spec.numeric), learned) if context else learned
+    try:
+        model_cfg = ModelConfig(n_features=len(spec.numeric), hidden=hidden, heads=heads, horizon=horizon,
+                                categorical=tuple((c, max(1, min(16, (c + 1) // 2))) for _, c in spec.categorical),
+                                **mcfg)
+    except TypeError as exc:
+        raise ConfigError(f"[model]: {exc}") from exc
+    torch.manual_seed(tc.seed)
+    model = build_model(model_cfg)
+    delay = None
+    if context:
+        if task != "forecast":
+            raise ConfigError("model.context (a delay line) is for forecasting")
+        delay = DelayLine(model, context)
+        delay.parametrize_head()
+    hist = fit(model, tc, train, val, delay)
+    export(model)
+    model = model.cpu().eval()
+
+    report_dir = Path(out) / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {"task": task, "train_seconds": hist.seconds, "best_epoch": hist.best_epoch + 1,
+                               "epochs_run": len(hist.train_loss), "stopped": hist.stopped}
+    if task == "forecast":
+        thresholds = _forecast_report(model, series, x, val[0], test, horizon, spec, cfg, metrics, report_dir)
+    else:
+        thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir)
+    plot_losses(report_dir, hist.to_dict())
+    meta = {
+        "features": spec.to_dict(),
+        "normalization": norm.to_dict(),
+        "horizon": horizon,
+        "context": {"kind": "delay_line", "length": context, "units": context * len(spec.numeric),
+                    "note": "the last `length` readings live in the first units of the recurrent state; "
+                            "the engine serves the model unchanged"} if context else None,
+        "thresholds": thresholds,
+        "training": {"config": asdict(tc), "history": hist.to_dict(), "source_config": str(config_path),
+                     "splits": {k: [v.lo, v.hi] for k, v in sp.items()}},
+        "data_fingerprint": fingerprint([sp["train"]]),
+        "metrics": metrics,
+    }
+    checkpoints.save(Path(out) / "checkpoint", model, meta)
+    metrics["total_seconds"] = time.monotonic() - t_start
+    write_metrics(report_dir, metrics)
+    return metrics
+
+
+def _forecast_report(model, series, x, val: Stream, test: Stream, horizon: int, spec: FeatureSpec,
+                     cfg: dict[str, Any], metrics: dict[str, Any], report_dir: Path) -> dict[str, Any]:
+    end = max(val.hi, test.hi) if test.x is x else val.hi
+    out = predict_stream(model, Stream(series.stream, x), end=end, heads=("forecast",))["forecast"]
+    test_out = out if test.x is x else predict_stream(model, test, heads=("forecast",))["forecast"]
+    period = cfg.get("report", {}).get("period")
+    org = forecast_origins(test.lo, test.hi, horizon)
+    m = forecast_metrics(test_out[org], forecast_targets(test.x, org, horizon))
+    metrics.update(test_mse=m["mse"], test_mae=m["mae"], test_windows=len(org))
+    metrics.update(forecast_baselines(test.x, org, horizon, period))
+    vorg = forecast_origins(val.lo, val.hi, horizon)
+    vm = forecast_metrics(out[vorg], forecast_targets(x, vorg, horizon))
+    metrics.update(val_mse=vm["mse"], val_mae=vm["mae"])
+    metrics["beats_repeat_mse_by"] = beat_ratio(metrics["repeat_mse"], m["mse"])
+    metrics["beats_repeat_mae_by"] = beat_ratio(metrics["repeat_mae"], m["mae"])
+    if period:
+        metrics["beats_seasonal_mse_by"] = beat_ratio(metrics["seasonal_mse"], m["mse"])
+        metrics["beats_seasonal_mae_by"] = beat_ratio(metrics["seasonal_mae"], m["mae"])
+    # anomaly score: mean squared one-step-ahead error over channels, calibrated on validation rows
+    one = np.arange(val.lo - 1, val.hi - 1)
+    scores = ((out[one, 0, :] - x[one + 1]) ** 2).mean(axis=1)
+    thresholds = {"score": "one_step_mse", "q0.99": float(np.quantile(scores, 0.99)),
+                  "q0.999": float(np.quantile(scores, 0.999))}
+    plot_errors(report_dir, scores, {k: v for k, v in thresholds.items() if k != "score"},
+                "one-step-ahead squared error, mean over channels (z-score units)")
+    ch = cfg.get("report", {}).get("plot_channel", spec.numeric[-1])
+    c = spec.numeric.index(ch) if ch in spec.numeric else 0
+    t0 = int(vorg[len(vorg) // 2])
+    plot_forecast(report_dir, x[max(0, t0 - 2 * horizon) : t0 + 1, c], x[t0 + 1 : t0 + 1 + horizon, c],
+                  out[t0, :, c], repeat_last(x, np.array([t0]), horizon)[0, :, c], spec.numeric[c])
+    return thresholds
+
+
+def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics: dict[str, Any],
+                  report_dir: Path) -> dict[str, Any]:
+    tol = int(cfg.get("report", {}).get("tolerance", 2))
+    vp = 1.0 / (1.0 + np.exp(-predict_stream(model, val, end=val.hi, heads=("event",))["event"][:, 0]))
+    thr = calibrate_event_threshold(vp[val.lo : val.hi], val.labels[val.lo : val.hi])
+    tp = 1.0 / (1.0 + np.exp(-predict_stream(model, test, heads=("event",))["event"][:, 0]))
+    lab = test.labels[test.lo : test.hi]
+    prob = tp[test.lo : test.hi]
+    m = event_metrics(prob, lab, thr, tol)
+    metrics.update({f"test_{k}": v for k, v in m.items()})
+    metrics.update(onset_recall=m["onset_recall"], offset_recall=m["offset_recall"], threshold=thr,
+                   tolerance_steps=tol, test_accuracy_at_0_5=event_metrics(prob, lab, 0.5, tol)["accuracy"])
+    metrics["majority_accuracy"] = float(max((lab >= 0.5).mean(), (lab < 0.5).mean()))
+    metrics["repeat_label_accuracy"] = event_baseline(lab, 1)
+    metrics["val_accuracy"] = event_metrics(vp[val.lo : val.hi], val.labels[val.lo : val.hi], thr, tol)["accuracy"]
+    plot_events(report_dir, prob, lab, thr)
+    plot_errors(report_dir, vp[val.lo : val.hi], {"threshold": thr}, "validation P(event)")
+    return {"score": "event_probability", "event": thr}

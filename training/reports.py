@@ -1,0 +1,119 @@
+"""Reports people can read: DIR/report/metrics.json and PNG plots (loss curves, forecasts, error distribution)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_metrics(report_dir: Path, metrics: dict[str, Any]) -> Path:
+    """metrics.json (NaN and infinities written as null)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "metrics.json"
+    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(report_dir: Path, history: dict[str, Any]) -> Path:
+    """loss_curves.png: training and validation loss per epoch, best epoch marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ep = np.arange(1, len(history["train_loss"]) + 1)
+    ax.plot(ep, history["train_loss"], "o-", label="train")
+    ax.plot(ep, history["val_loss"], "s-", label="validation")
+    if history.get("best_epoch", -1) >= 0:
+        ax.axvline(history["best_epoch"] + 1, color="grey", ls="--", label="best (restored)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("Loss curves")
+    fig.tight_layout()
+    path = report_dir / "loss_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_forecast(report_dir: Path, history_x: np.ndarray, target: np.ndarray, pred: np.ndarray,
+                  baseline: np.ndarray, channel: str) -> Path:
+    """forecast.png: one validation window of one channel: context, actual, model and repeat-last forecast."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    n = len(history_x)
+    ax.plot(np.arange(-n + 1, 1), history_x, color="black", lw=1, label="context")
+    steps = np.arange(1, len(target) + 1)
+    ax.plot(steps, target, color="black", lw=1.5, label="actual")
+    ax.plot(steps, pred, color="tab:blue", lw=1.5, label="model")
+    ax.plot(steps, baseline, color="tab:red", ls=":", label="repeat last value")
+    ax.axvline(0.5, color="grey", ls="--")
+    ax.set_xlabel("steps from the forecast origin")
+    ax.set_ylabel(f"{channel} (z-score)")
+    ax.legend()
+    ax.set_title(f"Forecast vs actual, validation slice, channel {channel}")
+    fig.tight_layout()
+    path = report_dir / "forecast.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_events(report_dir: Path, prob: np.ndarray, labels: np.ndarray, threshold: float) -> Path:
+    """events.png: predicted probability against the label on the test stream."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.plot(prob, lw=0.8, label="P(event)")
+    ax.plot(labels, lw=0.8, color="black", alpha=0.6, label="label")
+    ax.axhline(threshold, color="tab:red", ls="--", label=f"threshold {threshold:.2f}")
+    ax.set_xlabel("step")
+    ax.legend(loc="upper right")
+    ax.set_title("Event probability on the test stream")
+    fig.tight_layout()
+    path = report_dir / "events.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_errors(report_dir: Path, scores: np.ndarray, thresholds: dict[str, float], xlabel: str) -> Path:
+    """error_distribution.png: histogram of validation scores with the calibrated thresholds."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    s = scores[np.isfinite(scores)]
+    ax.hist(s, bins=100, color="tab:blue", alpha=0.8)
+    ax.set_yscale("log")
+    for name, v in thresholds.items():
+        ax.axvline(v, color="tab:red", ls="--")
+        ax.text(v, ax.get_ylim()[1] * 0.5, f" {name}={v:.3g}", color="tab:red", rotation=90, va="top")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title("Validation error distribution and calibrated thresholds")
+    fig.tight_layout()
+    path = report_dir / "error_distribution.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
