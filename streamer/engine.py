@@ -120,7 +120,7 @@ class Engine:
             raise StreamerError(f"state store is on {store.device} but the engine runs on {self.device}")
         if store.shapes != model.state_shapes():
             raise StreamerError(f"state store shapes {store.shapes} do not match the model's {model.state_shapes()}")
-        self.strategy = strategy or default_strategy(self.device)
+        self.strategy = strategy  # None: chosen per step by default_strategy
         self.quantum = quantum
         self.n_features = model.config.n_features
         self.n_categorical = len(model.config.categorical)
@@ -201,7 +201,8 @@ class Engine:
         order = np.lexsort((ts, row_stream))  # stable: equal timestamps keep arrival order
         offsets = np.zeros(len(streams) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        return _Batch(streams, lengths, offsets, ts[order], values[order], None if cat is None else cat[order])
+        cat = None if cat is None else np.take(cat, order, axis=0)
+        return _Batch(streams, lengths, offsets, ts[order], np.take(values, order, axis=0), cat)
 
     def step(self, chunks: list[Chunk], now: float | None = None) -> StepResults:
         """Run all chunks (merged per stream by ts) through the model in one batch; one result per stream."""
@@ -235,16 +236,18 @@ class Engine:
         return StepResults(batch.streams, batch.offsets, batch.ts, batch.values, outputs)
 
     def _step(self, batch: _Batch, now: float) -> StepResults:
-        plan = make_plan(batch.lengths, batch.offsets[:-1], self.strategy, self.quantum)
+        strategy = self.strategy or default_strategy(self.device, len(batch.streams))
+        plan = make_plan(batch.lengths, batch.offsets[:-1], strategy, self.quantum)
         slots = self.store.slots(batch.streams, now)
         dev = self.device
         with torch.inference_mode():
             sorted_slots = slots[torch.from_numpy(plan.order)]
             state = self.store.gather(sorted_slots)
-            x = torch.from_numpy(batch.values[plan.gather]).to(dev, self.dtype, non_blocking=True)
+            # np.take is several times faster than fancy indexing for row gathers
+            x = torch.from_numpy(np.take(batch.values, plan.gather, axis=0)).to(dev, self.dtype, non_blocking=True)
             cat = None
             if batch.categorical is not None:
-                cat = torch.from_numpy(batch.categorical[plan.gather]).to(dev, non_blocking=True)
+                cat = torch.from_numpy(np.take(batch.categorical, plan.gather, axis=0)).to(dev, non_blocking=True)
             y, new_state = self.model.run(self.model.embed(x, cat), state, plan)
             self.store.scatter(sorted_slots, new_state)
             inverse = np.empty(plan.n, dtype=np.int64)

@@ -147,7 +147,7 @@ class StateStore:
                 self._load_missing(new_ids, new)
             found[missing] = new
             self._touch(new, now)
-        elif np.unique(found).size != n:
+        elif len(set(stream_ids)) != n:
             raise StateError("stream ids passed to slots() must be distinct")
         return torch.from_numpy(found)
 

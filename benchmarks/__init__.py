@@ -1,0 +1,1 @@
+"""Benchmarks of streamer components (python -m benchmarks.engine)."""
