@@ -65,10 +65,10 @@ def _prepare_ceiling(model, chunks, device):
 
     p = make_plan(lengths, offsets, "packed")
     packed = PackedSequence(torch.from_numpy(values[p.gather]).to(device), torch.from_numpy(p.batch_sizes))
-    s = make_plan(lengths, offsets, "segments", quantum=1)
+    s = make_plan(lengths, offsets, "segments")  # the engine's layout, filler rows included
     x = torch.from_numpy(values[s.gather]).to(device)
     calls, pos = [], 0
-    for rows, _, steps in s.segments:
+    for _, rows, steps in s.segments:
         calls.append((x[pos : pos + rows * steps].view(rows, steps, -1), hx(rows)))
         pos += rows * steps
     return (packed, hx(len(lengths))), calls, p.n
@@ -114,8 +114,11 @@ def bench_engine_and_ceiling(model, steps, warm, device, strategy) -> dict[str, 
     return out
 
 
-def bench_naive(model, steps, device, subset: int) -> float:
-    """Each stream of a subset stepped alone through model.forward with its own state; readings/s."""
+def bench_naive(model, steps, device, subset: int, per_reading: bool = False) -> float:
+    """A subset of streams stepped one at a time through model.forward with their own state; readings/s.
+
+    Each stream's chunk is one call, or with per_reading each reading is one call.
+    """
     states: dict[str, dict[str, torch.Tensor]] = {}
     n, total = 0, 0.0
     with torch.inference_mode():
@@ -123,7 +126,11 @@ def bench_naive(model, steps, device, subset: int) -> float:
             t = time.perf_counter()
             for c in chunks[:subset]:
                 x = torch.from_numpy(c.values).to(device)[None]
-                _, states[c.stream] = model(x, state=states.get(c.stream))
+                if per_reading:
+                    for i in range(x.shape[1]):
+                        _, states[c.stream] = model(x[:, i : i + 1], state=states.get(c.stream))
+                else:
+                    _, states[c.stream] = model(x, state=states.get(c.stream))
             _sync(device)
             if k:  # step 0 warms up
                 total += time.perf_counter() - t
@@ -180,6 +187,7 @@ def run_case(family, hidden, n_streams, device, reps, warm, naive_subset, strate
     steps = make_steps(n_streams, warm + reps, seed=n_streams + hidden)
     r = bench_engine_and_ceiling(model, steps, warm, device, strategy)
     naive = bench_naive(model, [s[:naive_subset] for s in steps[:3]], device, naive_subset)
+    naive_1 = bench_naive(model, [s[: naive_subset // 4] for s in steps[:2]], device, naive_subset // 4, True)
     med = statistics.median
     ratio = med(e / c for e, c in zip(r["engine"], r["packed"], strict=True))
     ratio_seg = med(e / c for e, c in zip(r["engine"], r["segments"], strict=True))
@@ -195,9 +203,11 @@ def run_case(family, hidden, n_streams, device, reps, warm, naive_subset, strate
         "ceiling_readings_per_s": med(r["packed"]),
         "ceiling_segments_readings_per_s": med(r["segments"]),
         "naive_readings_per_s": naive,
+        "naive_per_reading_readings_per_s": naive_1,
         "engine_vs_ceiling": ratio,
         "engine_vs_ceiling_segments": ratio_seg,
         "engine_vs_naive": e / naive,
+        "engine_vs_naive_per_reading": e / naive_1,
         "engine_rates": r["engine"],
         "ceiling_rates": r["packed"],
     }
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 cases.append(run_case(family, hidden, n, device, reps, args.warm, subset, args.strategy))
                 print(f"# {family} h{hidden} {n} streams done ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
     steps = make_steps(10_000, 2, seed=1)
-    river = bench_river(steps, 3_000 if args.quick else 20_000)
+    river = bench_river(steps, 10_000 if args.quick else 20_000)
     mem = bytes_per_stream(200_000 if args.quick else 1_000_000)
     main_case = next(c for c in cases if c["family"] == "lstm" and c["hidden"] == 64 and c["streams"] == 10_000)
     summary = {
@@ -234,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling_readings_per_s": main_case["ceiling_readings_per_s"],
         "ceiling_segments_readings_per_s": main_case["ceiling_segments_readings_per_s"],
         "naive_readings_per_s": main_case["naive_readings_per_s"],
+        "naive_per_reading_readings_per_s": main_case["naive_per_reading_readings_per_s"],
         "river_hst_samples_per_s": river,
         "bytes_per_stream": mem["rss_bytes_per_stream_incl_ids"],
         "bytes_per_stream_streams": 200_000 if args.quick else 1_000_000,
         "memory": mem,
         "engine_vs_ceiling": main_case["engine_vs_ceiling"],
         "engine_vs_naive": main_case["engine_vs_naive"],
+        "engine_vs_naive_per_reading": main_case["engine_vs_naive_per_reading"],
         "engine_vs_river": main_case["engine_readings_per_s"] / river if river else None,
         "device": str(device),
         "torch": torch.__version__,
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     hdr = (
         f"{'family':6} {'hid':>4} {'streams':>8} {'engine/s':>10} {'+access/s':>10} {'ceil(pk)/s':>11} "
-        f"{'ceil(seg)/s':>11} {'naive/s':>9} {'eng/ceil':>8} {'eng/naive':>9}"
+        f"{'ceil(seg)/s':>11} {'naive/s':>9} {'naive1/s':>9} {'eng/ceil':>8} {'eng/naive':>9} {'eng/naive1':>10}"
     )
     print(hdr)
     for c in cases:
@@ -261,8 +273,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['family']:6} {c['hidden']:>4} {c['streams']:>8} {c['engine_readings_per_s']:>10.0f} "
             f"{c['engine_with_result_access_readings_per_s']:>10.0f} {c['ceiling_readings_per_s']:>11.0f} "
             f"{c['ceiling_segments_readings_per_s']:>11.0f} {c['naive_readings_per_s']:>9.0f} "
-            f"{c['engine_vs_ceiling']:>8.2f} {c['engine_vs_naive']:>9.1f}"
+            f"{c['naive_per_reading_readings_per_s']:>9.0f} {c['engine_vs_ceiling']:>8.2f} "
+            f"{c['engine_vs_naive']:>9.1f} {c['engine_vs_naive_per_reading']:>10.1f}"
         )
+    print(
+        "ceil(pk): one nn.LSTM/GRU call on a prepared PackedSequence; ceil(seg): the same calls in the engine's "
+        "segment layout;\nnaive: model.forward per stream chunk; naive1: per reading; +access: step plus touching "
+        "every result's arrays"
+    )
     print(f"River HalfSpaceTrees score_one+learn_one: {river if river is None else round(river)} samples/s")
     print(
         f"resident bytes/stream at {summary['bytes_per_stream_streams']} streams (LSTM h64): "
