@@ -11,6 +11,7 @@ from pathlib import Path
 from streamer.config import load_settings
 from streamer.errors import StreamerError
 from streamer.logs import setup_logging
+from training.cli import register as register_training
 
 log = logging.getLogger("streamer")
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("settings", help="print the settings reference",
                        description="Every STREAMER_* setting with its type, default and meaning, as Markdown.")
     p.set_defaults(func=cmd_settings)
-    from training.cli import register as register_training; register_training(sub)
+    register_training(sub)
     return parser
 
 

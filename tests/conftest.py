@@ -76,6 +76,17 @@ def new_topic(kafka_bootstrap: str):
     admin.close()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and do not slow down badly when the CPU is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that uses the broker carries the `kafka` marker, so `-m kafka` selects exactly those."""
     for item in items:

@@ -11,14 +11,7 @@ from streamer.errors import StreamerError
 from streamer.models import ModelConfig, build_model
 from streamer.state import StateStore
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not slow down badly when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 F = 2

@@ -11,14 +11,7 @@ from hypothesis import strategies as st
 from streamer.engine import Chunk, Engine
 from streamer.models import ModelConfig, build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not slow down badly when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 F = 3

@@ -12,14 +12,7 @@ import torch
 from streamer.errors import ConfigError
 from streamer.models import ModelConfig, build_model, make_plan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not slow down badly when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAMILIES = ("rnn", "lstm", "gru")
