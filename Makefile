@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KAFKA_PORT ?= 19092
 export KAFKA_PORT
 
-.PHONY: install demo test test-fast lint kafka-up kafka-down bench clean
+.PHONY: install demo test test-fast lint kafka-up kafka-down bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
@@ -37,6 +37,10 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check streamer training benchmarks tests
+
+# The configuration reference (docs/configuration.md, README's table) is generated from Settings.
+docs: install
+	$(PY) docs/gen_configuration.py
 
 bench: install
 	$(PY) -m benchmarks.engine --quick

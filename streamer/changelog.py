@@ -14,7 +14,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -59,6 +59,10 @@ class ColdStore:
         """Forget every stream of the given partitions (they were revoked)."""
         self.db.executemany("DELETE FROM state WHERE part = ?", ((p,) for p in partitions))
 
+    def clear(self) -> None:
+        """Forget every stream (after a rewind to the last commit, or a model whose state shapes differ)."""
+        self.db.execute("DELETE FROM state")
+
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM state").fetchone()[0]
 
@@ -72,7 +76,7 @@ class ColdStore:
 
 
 def restore_partitions(kafka: KafkaSettings, topic: str, partitions: list[int], cold: ColdStore,
-                       timeout_s: float = 120.0) -> int:
+                       timeout_s: float = 120.0, progress: Callable[[int], None] | None = None) -> int:
     """Read changelog partitions from the start to their last stable offset into `cold`; return records read."""
     if not partitions:
         return 0
@@ -93,6 +97,8 @@ def restore_partitions(kafka: KafkaSettings, topic: str, partitions: list[int], 
             for records in batch.values():
                 _apply(cold, records)
                 n += len(records)
+            if progress is not None:
+                progress(n)
             todo = {tp for tp in todo if consumer.position(tp) < end[tp]}
         return n
     finally:

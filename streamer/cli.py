@@ -22,6 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
+    log.info("settings", extra={"settings": settings.masked()})
     service = Service(settings)
 
     def on_signal(signum: int, _frame: object) -> None:

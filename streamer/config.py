@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamer.errors import ConfigError
@@ -20,7 +20,11 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = Field(default="127.0.0.1:19092", description="comma-separated host:port list")
     input_topics: list[str] = Field(default_factory=lambda: ["readings"],
                                     description="topics of readings, as a JSON list")
-    output_topic: str = Field(default="outputs", description="topic of per-reading outputs")
+    input_pattern: str | None = Field(
+        default=None, description="regular expression of input topics; replaces input_topics when set")
+    forecast_topic: str = Field(default="forecasts", description="topic of forecasts (one per cadence step)")
+    alert_topic: str = Field(default="alerts", description="topic of anomaly alerts (firing, updated, resolved)")
+    event_topic: str = Field(default="events", description="topic of detected events (onset, offset, silent)")
     dead_letter_topic: str = Field(default="dead-letters",
                                    description="topic of records that could not be processed, with the reason")
     group_id: str = Field(default="streamer", description="consumer group: instances sharing it share the partitions")
@@ -39,6 +43,18 @@ class KafkaSettings(BaseModel):
     transactional_id: str | None = Field(
         default=None, description="stable per instance; default: <group_id>-<hostname>")
     max_record_bytes: int = Field(default=1_048_576, gt=0, description="larger input records are dead-lettered")
+    commit_interval_ms: int = Field(
+        default=100, ge=0, description="outputs, state and offsets are committed together this often")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="how clients talk to the brokers")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism (SASL_* protocols)")
+    sasl_username: str | None = Field(default=None, description="SASL user (SASL_* protocols)")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password; never logged")
+    ssl_cafile: str | None = Field(default=None, description="CA bundle that signs the brokers' certificates")
+    ssl_certfile: str | None = Field(default=None, description="client certificate (mutual TLS)")
+    ssl_keyfile: str | None = Field(default=None, description="client private key (mutual TLS)")
+    ssl_password: SecretStr | None = Field(default=None, description="password of the client key; never logged")
 
     @property
     def changelog(self) -> str:
@@ -52,6 +68,13 @@ class KafkaSettings(BaseModel):
             raise ValueError("needs at least one non-empty topic name")
         return topics
 
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"STREAMER_KAFKA__SECURITY_PROTOCOL={self.security_protocol} needs "
+                             "STREAMER_KAFKA__SASL_USERNAME and STREAMER_KAFKA__SASL_PASSWORD")
+        return self
+
 
 class ModelSettings(BaseModel):
     """The model to serve until a checkpoint is configured: a freshly initialised network, seeded."""
@@ -61,6 +84,10 @@ class ModelSettings(BaseModel):
     hidden: int = Field(default=32, gt=0, description="hidden units per layer")
     layers: int = Field(default=1, gt=0, description="stacked recurrent layers")
     seed: int = Field(default=0, description="seed of the initial weights")
+    checkpoint: str | None = Field(
+        default=None, description="checkpoint folder to serve (from `streamer train`); replaces the settings above")
+    reload_interval_s: float = Field(
+        default=10.0, ge=0, description="how often the checkpoint folder is checked for a new version; 0: never")
 
 
 class EngineSettings(BaseModel):
@@ -69,10 +96,31 @@ class EngineSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when visible")
     capacity: int = Field(default=100_000, gt=0, description="streams held in memory; least recently used go first")
     idle_ttl_s: float | None = Field(default=None, gt=0, description="evict streams idle this long (seconds)")
-    max_batch_readings: int = Field(default=5_000, gt=0, description="records per poll and batch")
+    max_batch_readings: int = Field(
+        default=5_000, gt=0, description="records per poll and batch (capped at the capacity)")
     max_wait_ms: int = Field(default=100, ge=0, description="longest wait for a batch to fill")
     state_dir: str | None = Field(
         default=None, description="folder of the on-disk cold state store (default: the temp folder)")
+    max_future_s: float = Field(
+        default=86_400.0, gt=0, description="readings stamped further ahead of the wall clock are dead-lettered")
+    min_ts_ms: int = Field(default=0, description="readings stamped before this (ms since epoch) are dead-lettered")
+
+
+class OutputSettings(BaseModel):
+    """What the daemon publishes and how often."""
+
+    forecast_every: int = Field(
+        default=1, gt=0, description="publish a stream's forecast after every n-th of its readings")
+
+
+class MetricsSettings(BaseModel):
+    """The HTTP port with /metrics, /healthz and /readyz."""
+
+    enabled: bool = Field(default=True, description="serve /metrics, /healthz and /readyz")
+    host: str = Field(default="0.0.0.0", description="address the HTTP endpoints listen on")
+    port: int = Field(default=9108, ge=0, le=65535, description="port of the HTTP endpoints; 0: any free port")
+    liveness_timeout_s: float = Field(
+        default=60.0, gt=0, description="/healthz fails when the loop has not turned for this long")
 
 
 class Settings(BaseSettings):
@@ -85,8 +133,14 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_format: Literal["text", "json"] = Field(default="text", description="json: one object per line")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+
+    def masked(self) -> dict:
+        """The settings as JSON-ready data with secrets masked, for the start-up log."""
+        return self.model_dump(mode="json")
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -96,8 +150,12 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if msg.startswith("STREAMER_"):  # a check across settings names them itself
+                problems.append(msg)
+                continue
             path = "__".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"STREAMER_{path}: {err['msg']}")
+            problems.append(f"STREAMER_{path}: {msg}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
 
 

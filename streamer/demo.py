@@ -24,11 +24,11 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
     run = uuid.uuid4().hex[:8]
     settings = load_settings(kafka={
         "bootstrap_servers": bootstrap, "input_topics": [f"demo-readings-{run}"],
-        "output_topic": f"demo-outputs-{run}", "dead_letter_topic": f"demo-dead-letters-{run}",
+        "forecast_topic": f"demo-forecasts-{run}", "dead_letter_topic": f"demo-dead-letters-{run}",
         "group_id": f"demo-{run}", "transactional_id": f"demo-{run}",
-    }, engine={"max_batch_readings": 500})
+    }, engine={"max_batch_readings": 500}, metrics={"port": 0})
     k = settings.kafka
-    ensure_topics(k, {k.input_topics[0]: {"num_partitions": 2}, k.output_topic: {}, k.dead_letter_topic: {}})
+    ensure_topics(k, {k.input_topics[0]: {"num_partitions": 2}, k.forecast_topic: {}, k.dead_letter_topic: {}})
     series = [load_series(p)[:3] for p in files]
     expected = sum(len(ts) for _, ts, _ in series)
     print(f"demo: broker {bootstrap}; replaying {expected} readings of {len(series)} NAB series "
@@ -43,7 +43,7 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
     thread = threading.Thread(target=service.run, name="streamer-serve", daemon=True)
     started = time.monotonic()
     thread.start()
-    consumer = KafkaConsumer(k.output_topic, k.dead_letter_topic, bootstrap_servers=bootstrap.split(","),
+    consumer = KafkaConsumer(k.forecast_topic, k.dead_letter_topic, bootstrap_servers=bootstrap.split(","),
                              isolation_level="read_committed", auto_offset_reset="earliest",
                              enable_auto_commit=False)
     outputs = dead = 0
@@ -60,9 +60,9 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
                     outputs += 1
                     last[msg["stream"]] = msg
                     if outputs % every == 0 or outputs == 1:
-                        pred = ", ".join(f"{x:+.3f}" for x in msg["prediction"])
+                        pred = ", ".join(f"{x:+.3f}" for x in msg["forecast"][0])
                         print(f"output {outputs:>6}/{expected}  stream={msg['stream']:<28} ts={msg['ts']} "
-                              f"n={msg['n']:<5} prediction=[{pred}]")
+                              f"n={msg['n']:<5} forecast=[{pred}]")
     finally:
         service.stop()
         thread.join(timeout=30)

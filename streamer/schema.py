@@ -14,14 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from streamer.errors import InvalidRecord
 
 StreamId = Annotated[str, Field(min_length=1, max_length=256)]
+Millis = Annotated[int, Field(ge=0, lt=2**62)]  # ms since the epoch; bounded so it fits int64
+SCHEMA_VERSION = 1  # "v" in a record; absent means 1
 
 
 class Reading(BaseModel):
     """One reading: {"stream": "pump-17", "ts": 1732712345123, "values": [0.1, 3.2]} (ts in ms)."""
 
     model_config = ConfigDict(extra="forbid")
+    v: int | None = None
     stream: StreamId
-    ts: int
+    ts: Millis
     values: list[float] | dict[str, float]
 
 
@@ -29,8 +32,9 @@ class ReadingChunk(BaseModel):
     """Several readings of one stream in one record: "ts" is a list and "values" a list of rows."""
 
     model_config = ConfigDict(extra="forbid")
+    v: int | None = None
     stream: StreamId
-    ts: list[int] = Field(min_length=1)
+    ts: list[Millis] = Field(min_length=1)
     values: list[list[float]] | list[dict[str, float]]
 
 
@@ -62,8 +66,12 @@ def _row(values: list[float] | dict[str, float], channels: tuple[str, ...] | Non
 
 
 def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None = None,
-           max_bytes: int = 1_048_576) -> Decoded:
-    """Validate one Kafka record value and return it as arrays; InvalidRecord names what is wrong."""
+           max_bytes: int = 1_048_576, ts_range: tuple[int, int] | None = None) -> Decoded:
+    """Validate one Kafka record value and return it as arrays; InvalidRecord names what is wrong.
+
+    `ts_range` (lowest, highest) refuses timestamps far in the past or future; a chunk's timestamps
+    must strictly increase (the model steps readings in time order).
+    """
     if raw is None:
         raise InvalidRecord("empty", "record has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -78,6 +86,8 @@ def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None 
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "record"
         raise InvalidRecord("invalid_schema", f"{where}: {first['msg']}") from None
+    if msg.v is not None and msg.v != SCHEMA_VERSION:
+        raise InvalidRecord("unknown_version", f"schema version {msg.v}; this streamer reads {SCHEMA_VERSION}")
     if isinstance(msg, Reading):
         ts = [msg.ts]
         rows = [_row(msg.values, channels)]
@@ -93,7 +103,15 @@ def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None 
         values = np.asarray(rows, dtype=np.float32)
     if not np.isfinite(values).all():
         raise InvalidRecord("non_finite", "values contain NaN or Inf")
-    return Decoded(msg.stream, np.asarray(ts, dtype=np.int64), values)
+    stamps = np.asarray(ts, dtype=np.int64)
+    if stamps.shape[0] > 1 and not (np.diff(stamps) > 0).all():
+        raise InvalidRecord("unordered_chunk", "timestamps of a chunk must strictly increase")
+    if ts_range is not None:
+        if stamps[0] < ts_range[0]:
+            raise InvalidRecord("ts_too_old", f"timestamp {int(stamps[0])} is before {ts_range[0]}")
+        if stamps[-1] > ts_range[1]:
+            raise InvalidRecord("ts_in_future", f"timestamp {int(stamps[-1])} is after {ts_range[1]}")
+    return Decoded(msg.stream, stamps, values)
 
 
 def encode(obj: dict) -> bytes:

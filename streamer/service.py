@@ -1,30 +1,38 @@
-"""The run loop of `streamer serve`: consume readings, step the engine, publish outputs and state, commit.
+"""The run loop of `streamer serve`: consume readings, step the engine, publish forecasts and state, commit.
 
-One poll is one unit of work: its outputs, the state of every stream it changed (to the changelog)
-and its consumer offsets are committed together (in one transaction when exactly-once is on), so a
-crash replays at most the uncommitted poll, from the state that was committed with its offsets.
+Work is committed every commit interval: the outputs of the polls since the last commit, the state of
+every stream they changed (to the changelog) and the consumer offsets go together (in one
+transaction when exactly-once is on). A crash replays the uncommitted work from the state that was
+committed with its offsets; a Kafka failure (broker outage, fencing) does the same in process: the
+loop rewinds to the last commit, backs off, reconnects and restores.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 from kafka import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 
 from streamer.changelog import ColdStore, restore_partitions
 from streamer.config import Settings, resolve_device
 from streamer.engine import Chunk, Engine
-from streamer.errors import ConfigError, InvalidRecord
-from streamer.models import ModelConfig, RecurrentModel, build_model
+from streamer.errors import CheckpointError, ConfigError, InvalidRecord
+from streamer.metrics import HealthServer, Metrics
+from streamer.model_source import ServedModel, checkpoint_signature, load_checkpoint, served_model, wrap_model
+from streamer.models import RecurrentModel
 from streamer.schema import dead_letter, decode, encode
 from streamer.transport import (
     Committer,
     OutRecord,
+    admin_topics,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -33,15 +41,8 @@ from streamer.transport import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def model_from_settings(settings: Settings) -> RecurrentModel:
-    """A freshly initialised, seeded model as the settings describe (until checkpoints are served)."""
-    m = settings.model
-    torch.manual_seed(m.seed)
-    cfg = ModelConfig(family=m.family, n_features=m.n_features, hidden=m.hidden, layers=m.layers,
-                      heads=("reconstruction",))
-    return build_model(cfg).eval()
+LAG_EVERY_S = 2.0
+LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
 
 
 @dataclass
@@ -55,52 +56,124 @@ class LoopStats:
     commits: int = 0
     restored_records: int = 0
     cold_loads: int = 0
+    rewinds: int = 0
+    reloads: int = 0
+
+
+@dataclass
+class _Pending:
+    """Work done since the last commit."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    offsets: dict = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)  # stream -> changelog partition
+    kinds: collections.Counter = field(default_factory=collections.Counter)
+    reasons: collections.Counter = field(default_factory=collections.Counter)
+    out_of_order: collections.Counter = field(default_factory=collections.Counter)
+    readings: int = 0
+    stamps: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of a sample of input records
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.offsets)
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    """State follows partitions: drop revoked partitions' streams, restore assigned ones before processing."""
+    """State follows partitions: commit, then drop revoked partitions' streams; restore assigned ones."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
 
     def on_partitions_revoked(self, revoked) -> None:
-        # Every poll is committed before the next poll (where this runs), so nothing is pending here.
-        self.service.forget_partitions({tp.partition for tp in revoked})
+        self.service.on_revoked(revoked)
 
     def on_partitions_assigned(self, assigned) -> None:
-        self.service.restore({tp.partition for tp in assigned})
+        self.service.on_assigned(assigned)
 
 
 class Service:
-    """Consumes readings, keeps each stream's hidden state across polls, and publishes one output per reading."""
+    """Consumes readings, keeps each stream's state across polls, publishes forecasts; exactly once."""
 
-    def __init__(self, settings: Settings, model: RecurrentModel | None = None) -> None:
+    def __init__(self, settings: Settings, model: RecurrentModel | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.device = resolve_device(settings.engine.device)
-        self.model = (model or model_from_settings(settings)).to(self.device)
-        self.model_name = f"{self.model.config.family}-h{self.model.config.hidden}-seed{settings.model.seed}"
+        self.metrics = metrics or Metrics()
+        self.served = (wrap_model(model, f"{model.config.family}-h{model.config.hidden}", "code")
+                       if model is not None else served_model(settings, self.device))
         self.cold = ColdStore(settings.engine.state_dir)
-        self.engine = Engine.from_model(self.model, capacity=settings.engine.capacity, device=self.device,
-                                        idle_ttl=settings.engine.idle_ttl_s, on_evict=self._on_evict)
+        self.engine = self._make_engine(self.served)
         self.partition_of: dict[str, int] = {}  # resident stream -> its input (and changelog) partition
         self.stats = LoopStats()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
+        self.heartbeat = time.monotonic()
+        self.http: HealthServer | None = None
+        self._pending = _Pending()
+        self._committer: Committer | None = None
+        self._consumer = None
+        self._failure: BaseException | None = None
+        self._evictions_seen = 0
+        self.metrics.set_model(self.served.name, self.served.version, self.served.family)
 
+    # -- model --------------------------------------------------------------------------------------
+    def _make_engine(self, served: ServedModel, store=None) -> Engine:
+        if store is not None:
+            return Engine(served.model.to(self.device), store, device=self.device)
+        e = self.settings.engine
+        return Engine.from_model(served.model, capacity=e.capacity, device=self.device, idle_ttl=e.idle_ttl_s,
+                                 on_evict=self._on_evict, on_miss=self._on_miss)
+
+    def _maybe_reload(self) -> None:
+        """Serve a new checkpoint written at the configured path; keep states when the architecture matches."""
+        path = self.settings.model.checkpoint
+        if not path or checkpoint_signature(path) in (None, self.served.signature):
+            return
+        try:
+            new = load_checkpoint(path, self.device)
+        except (CheckpointError, OSError) as exc:  # e.g. caught mid-write: try again next interval
+            log.warning("new checkpoint not loaded: %s", exc)
+            return
+        self._commit()  # the outputs so far belong to the old model
+        keep = new.same_architecture(self.served)
+        if keep:
+            self.engine = self._make_engine(new, store=self.engine.store)
+        else:  # old states mean nothing to the new model: every stream starts again (and warms up)
+            self.engine.store.clear()
+            self.cold.clear()
+            self.partition_of.clear()
+            self.engine = self._make_engine(new)
+            self._evictions_seen = 0
+        self.served = new
+        self.stats.reloads += 1
+        self.metrics.set_model(new.name, new.version, new.family)
+        log.info("model reloaded", extra={"model": new.name, "version": new.version, "states_kept": keep})
+
+    # -- topics and the loop ------------------------------------------------------------------------
     def transactional_id(self) -> str:
         """Stable per instance, so a restarted instance fences and aborts its predecessor's open transaction."""
         k = self.settings.kafka
         return k.transactional_id or f"{k.group_id}-{k.instance_id or socket.gethostname()}"
 
+    def input_topics(self) -> list[str]:
+        """The input topics: the configured list, or the existing topics matching the pattern."""
+        k = self.settings.kafka
+        if not k.input_pattern:
+            return k.input_topics
+        pattern = re.compile(k.input_pattern)
+        return sorted(t for t in admin_topics(k) if pattern.fullmatch(t))
+
     def _prepare_topics(self) -> None:
         """Check the inputs are co-partitioned and create missing output, dead-letter and changelog topics."""
         k = self.settings.kafka
-        counts = {t: partition_count(k, t) for t in k.input_topics}
+        topics = self.input_topics()
+        if not topics:
+            raise ConfigError(f"STREAMER_KAFKA__INPUT_PATTERN: no topic matches {k.input_pattern!r}")
+        counts = {t: partition_count(k, t) for t in topics}
         if len(set(counts.values())) != 1:
             raise ConfigError(f"STREAMER_KAFKA__INPUT_TOPICS: topics must have equal partition counts, got {counts}")
         n = next(iter(counts.values()))
         ensure_topics(k, {
-            k.output_topic: {}, k.dead_letter_topic: {},
+            k.forecast_topic: {}, k.alert_topic: {}, k.event_topic: {}, k.dead_letter_topic: {},
             k.changelog: {"num_partitions": n, "configs": {"cleanup.policy": "compact"}},
         })
         have = partition_count(k, k.changelog)
@@ -108,47 +181,151 @@ class Service:
             raise ConfigError(f"STREAMER_KAFKA__CHANGELOG_TOPIC: {k.changelog} has {have} partitions, "
                               f"the input has {n}; they must be co-partitioned")
 
+    def alive(self) -> bool:
+        """/healthz: the loop turned recently."""
+        return time.monotonic() - self.heartbeat < self.settings.metrics.liveness_timeout_s
+
     def run(self) -> LoopStats:
-        """Process until stop() is called; returns what was done."""
-        k = self.settings.kafka
+        """Process until stop() is called, surviving Kafka failures; returns what was done."""
         self._prepare_topics()
-        consumer = make_consumer(k)
-        producer = make_producer(k, self.transactional_id() if k.exactly_once else None)
+        m = self.settings.metrics
+        if m.enabled:
+            self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set).start()
+            log.info("http endpoints", extra={"host": m.host, "port": self.http.port})
+        backoff = 1.0
         try:
-            committer = Committer(consumer, producer, k.exactly_once)
-            consumer.subscribe(k.input_topics, listener=_Rebalance(self))
-            log.info("serving", extra={"topics": k.input_topics, "group": k.group_id, "device": self.device,
-                                       "model": self.model_name, "exactly_once": k.exactly_once})
             while not self.stop_event.is_set():
-                batch = consumer.poll(timeout_ms=self.settings.engine.max_wait_ms,
-                                      max_records=self.settings.engine.max_batch_readings)
-                records = [r for recs in batch.values() for r in recs]
-                if records:
-                    committer.commit(self.process(records), next_offsets(records))
-                    self.stats.commits += 1
-                self.stats.polls += 1
+                try:
+                    self._serve()
+                    break
+                except KafkaError as exc:
+                    self.stats.rewinds += 1
+                    log.warning("kafka failure, rewinding to the last commit", extra={
+                        "error": repr(exc), "retry_in_s": backoff})
+                    self._rewind()
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
         finally:
-            self.ready.clear()
-            consumer.close()
-            producer.close(timeout=10)
+            self._set_ready(False)
+            if self.http is not None:
+                self.http.stop()
             self.cold.close()
         log.info("stopped", extra=vars(self.stats))
         return self.stats
 
+    def _serve(self) -> None:
+        """One session with the cluster: clients, subscription, the poll-process-commit loop."""
+        k, e = self.settings.kafka, self.settings.engine
+        consumer = self._consumer = make_consumer(k)
+        producer = make_producer(k, self.transactional_id() if k.exactly_once else None)
+        try:
+            self._committer = Committer(consumer, producer, k.exactly_once)
+            if k.input_pattern:
+                consumer.subscribe(pattern=k.input_pattern, listener=_Rebalance(self))
+            else:
+                consumer.subscribe(k.input_topics, listener=_Rebalance(self))
+            log.info("serving", extra={"topics": k.input_pattern or k.input_topics, "group": k.group_id,
+                                       "device": self.device, "model": self.served.name,
+                                       "version": self.served.version, "exactly_once": k.exactly_once})
+            last_commit = last_lag = last_reload = time.monotonic()
+            max_records = min(e.max_batch_readings, e.capacity)
+            interval = k.commit_interval_ms / 1000
+            while not self.stop_event.is_set():
+                self.heartbeat = now = time.monotonic()
+                batch = consumer.poll(timeout_ms=e.max_wait_ms, max_records=max_records)
+                if self._failure is not None:  # a commit inside the rebalance callback failed
+                    failure, self._failure = self._failure, None
+                    raise failure
+                records = [r for recs in batch.values() for r in recs]
+                if records:
+                    self.process(records)
+                    self._pending.offsets.update(next_offsets(records))
+                self.stats.polls += 1
+                if self._pending and now - last_commit >= interval:
+                    self._commit()
+                    last_commit = now
+                if e.idle_ttl_s is not None:
+                    self.engine.store.evict_idle(time.time())
+                if now - last_lag >= LAG_EVERY_S:
+                    self._update_gauges(consumer)
+                    last_lag = now
+                if self.settings.model.reload_interval_s and now - last_reload >= self.settings.model.reload_interval_s:
+                    self._maybe_reload()
+                    last_reload = now
+            self._commit()
+        finally:
+            self._set_ready(False)
+            self._committer = None
+            self._consumer = None
+            consumer.close(autocommit=False)
+            producer.close(timeout=10)
+
+    def _rewind(self) -> None:
+        """Forget everything since the last commit; the next session restores from the changelog."""
+        self._pending = _Pending()
+        self.engine.store.clear()
+        self.cold.clear()
+        self.partition_of.clear()
+        self._failure = None
+
     def stop(self) -> None:
-        """Ask the loop to finish its current poll, commit it and return."""
+        """Ask the loop to finish its current poll, commit and return."""
         self.stop_event.set()
+
+    def _set_ready(self, ready: bool) -> None:
+        (self.ready.set if ready else self.ready.clear)()
+        self.metrics.ready.set(1 if ready else 0)
+
+    def _update_gauges(self, consumer) -> None:
+        self.metrics.active_streams.set(len(self.engine.store))
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if pos is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
+
+    # -- rebalancing --------------------------------------------------------------------------------
+    def on_revoked(self, revoked) -> None:
+        """Commit the work so far (it belongs to these partitions' current owner), then drop their streams."""
+        self.metrics.rebalances.labels("revoked").inc()
+        self._set_ready(False)
+        try:
+            self._commit()
+        except Exception as exc:  # kafka-python swallows listener errors: hand it to the loop
+            self._failure = exc
+            return
+        self.forget_partitions({tp.partition for tp in revoked})
+        for tp in revoked:
+            try:
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+
+    def on_assigned(self, assigned) -> None:
+        """Restore the assigned partitions' state from the changelog before processing them."""
+        self.metrics.rebalances.labels("assigned").inc()
+        self.restore({tp.partition for tp in assigned})
 
     def restore(self, partitions: set[int]) -> None:
         """Load the changelog partitions of newly assigned input partitions into the cold store."""
-        self.ready.clear()
+        self._set_ready(False)
         started = time.monotonic()
+
+        def progress(_: int) -> None:
+            self.heartbeat = time.monotonic()
+
         n = restore_partitions(self.settings.kafka, self.settings.kafka.changelog, sorted(partitions),
-                               self.cold)
+                               self.cold, progress=progress)
         self.stats.restored_records += n
+        self.metrics.restored.inc(n)
         log.info("restored state", extra={"partitions": sorted(partitions), "records": n,
                                           "seconds": round(time.monotonic() - started, 3)})
-        self.ready.set()
+        self._set_ready(True)
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the state of streams whose partitions were revoked (their owner restores it from the changelog)."""
@@ -159,57 +336,140 @@ class Service:
         self.cold.drop_partitions(partitions)
 
     def _on_evict(self, stream: str, blob: bytes) -> None:
-        # Its state is already in the changelog (every change is committed); keep a local copy for its return.
+        # Its committed state is in the changelog; keep the latest locally for its return (and the next commit).
         self.cold.put_many([(stream, self.partition_of.pop(stream), blob)])
 
-    def _load_cold(self, streams: list[str]) -> None:
-        """Bring streams that are not resident back from the cold store before they are stepped."""
-        store = self.engine.store
-        for s in streams:
-            if s not in store:
-                found = self.cold.get(s)
-                if found is not None:
-                    store.restore(found[1])
-                    self.stats.cold_loads += 1
+    def _on_miss(self, stream: str) -> bytes | None:
+        found = self.cold.get(stream)
+        if found is None:
+            return None
+        if not self.engine.store.compatible(found[1]):  # written by a model of another architecture
+            log.warning("stored state does not fit the model; the stream starts afresh", extra={"stream": stream})
+            return None
+        self.stats.cold_loads += 1
+        return found[1]
 
-    def process(self, records: list) -> list[OutRecord]:
-        """Decode records, step every stream in one batch, and build output, state and dead-letter records."""
-        k = self.settings.kafka
-        n_features = self.model.config.n_features
-        dead: list[OutRecord] = []
-        out: list[OutRecord] = []
-        chunks: list[Chunk] = []
+    # -- processing ---------------------------------------------------------------------------------
+    def process(self, records: list) -> None:
+        """Decode records, step every stream in one batch, and queue forecasts, state and dead letters."""
+        k, p = self.settings.kafka, self._pending
+        served, store = self.served, self.engine.store
+        n_features = served.model.config.n_features
+        now_ms = int(time.time() * 1000)
+        ts_range = (self.settings.engine.min_ts_ms, now_ms + int(self.settings.engine.max_future_s * 1000))
+        step = max(1, len(records) // LATENCY_SAMPLES)
+        p.stamps.extend(r.timestamp for r in records[::step] if r.timestamp is not None and r.timestamp >= 0)
+
+        def reject(r, reason: str, detail: str) -> None:
+            p.records.append(OutRecord(k.dead_letter_topic, r.key, dead_letter(
+                r.value, reason, detail, r.topic, r.partition, r.offset)))
+            p.reasons[reason] += 1
+
+        decoded = []
         for r in records:
             try:
-                d = decode(r.value, n_features, max_bytes=k.max_record_bytes)
+                d = decode(r.value, n_features, served.channels, k.max_record_bytes, ts_range)
                 if r.key is not None and r.key != d.stream.encode():
                     raise InvalidRecord("key_mismatch", f"key {r.key!r} differs from stream {d.stream!r}")
             except InvalidRecord as exc:
-                dead.append(OutRecord(k.dead_letter_topic, r.key, dead_letter(
-                    r.value, exc.reason, exc.detail, r.topic, r.partition, r.offset)))
+                reject(r, exc.reason, exc.detail)
                 continue
-            chunks.append(Chunk(d.stream, d.ts, d.values))
+            decoded.append((r, d))
+        if not decoded:
+            return
+        streams = list(dict.fromkeys(d.stream for _, d in decoded))
+        for r, d in decoded:
             self.partition_of[d.stream] = r.partition
-        self.stats.dead_letters += len(dead)
+        wall = time.time()
+        store.slots(streams, wall)  # resident (and loaded from the cold store) before their last ts is read
+        last = {s: (store.get_extra(s) or {}).get("ts", -1) for s in streams}
+        chunks: list[Chunk] = []
+        # Arrival order decides: a reading not after its stream's last one is refused, however polls fall.
+        for r, d in decoded:
+            first, prev = int(d.ts[0]), last[d.stream]
+            if first <= prev:
+                kind = "duplicate" if first == prev else "late"
+                p.out_of_order[kind] += 1
+                reject(r, "duplicate_ts" if kind == "duplicate" else "out_of_order",
+                       f"timestamp {first} is not after the stream's last one, {prev}")
+                continue
+            last[d.stream] = int(d.ts[-1])
+            chunks.append(Chunk(d.stream, d.ts, (d.values - served.mean) / served.std))
         if not chunks:
-            return dead
-        self._load_cold(list({c.stream: None for c in chunks}))
-        results = self.engine.step(chunks, now=time.time())
-        store = self.engine.store
-        for res in results:
-            extra = store.get_extra(res.stream) or {}
+            return
+        started = time.perf_counter()
+        results = self.engine.step(chunks, now=wall)
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+        n_readings = int(results.offsets[-1])
+        self.metrics.batch_readings.observe(n_readings)
+        self._queue_forecasts(results)
+        for s in results.streams:
+            p.changed[s] = self.partition_of[s]
+        p.readings += n_readings
+
+    def _queue_forecasts(self, results) -> None:
+        """Forecast records on the cadence: after every forecast_every-th reading of each stream."""
+        k, p, served, store = self.settings.kafka, self._pending, self.served, self.engine.store
+        every = self.settings.output.forecast_every
+        y = results.outputs[served.head]
+        y = y.reshape(y.shape[0], -1, served.model.config.n_features) * served.std + served.mean
+        offsets = results.offsets.tolist()
+        ts_all = results.ts
+        for i, stream in enumerate(results.streams):
+            a, b = offsets[i], offsets[i + 1]
+            extra = store.get_extra(stream) or {}
             seen = int(extra.get("n", 0))
-            predictions = res.outputs["reconstruction"].tolist()
-            key = res.stream.encode()
-            for i, ts in enumerate(res.ts.tolist()):
-                out.append(OutRecord(k.output_topic, key, encode({
-                    "stream": res.stream, "ts": ts, "n": seen + i + 1,
-                    "prediction": predictions[i], "model": self.model_name,
+            counts = np.arange(seen + 1, seen + 1 + b - a)
+            key = stream.encode()
+            for j in np.flatnonzero(counts % every == 0).tolist():
+                p.records.append(OutRecord(k.forecast_topic, key, encode({
+                    "stream": stream, "ts": int(ts_all[a + j]), "n": int(counts[j]),
+                    "forecast": y[a + j].tolist(), "model": served.name, "version": served.version,
                 })))
-            store.set_extra(res.stream, {"n": seen + len(res.ts)})
-        changed = [res.stream for res in results]
-        state = [OutRecord(k.changelog, s.encode(), blob, self.partition_of[s])
-                 for s, blob in zip(changed, store.snapshot_each(changed), strict=True)]
-        self.stats.readings += sum(len(c.ts) for c in chunks)
-        self.stats.outputs += len(out)
-        return dead + out + state
+                p.kinds["forecast"] += 1
+            store.set_extra(stream, {**extra, "n": seen + b - a, "ts": int(ts_all[b - 1])})
+
+    def _commit(self) -> None:
+        """Publish the pending outputs with the state of every changed stream and the offsets, atomically."""
+        p = self._pending
+        if not p or self._committer is None:
+            return
+        k, store = self.settings.kafka, self.engine.store
+        resident = [s for s in p.changed if s in store]
+        state = [OutRecord(k.changelog, s.encode(), blob, p.changed[s])
+                 for s, blob in zip(resident, store.snapshot_each(resident), strict=True)]
+        for s in p.changed:
+            if s not in store:  # evicted since it changed: its latest state went to the cold store
+                found = self.cold.get(s)
+                if found is not None:
+                    state.append(OutRecord(k.changelog, s.encode(), found[1], p.changed[s]))
+        started = time.perf_counter()
+        try:
+            self._committer.commit(p.records + state, p.offsets)
+        except Exception:
+            self.metrics.commit_failures.inc()
+            raise
+        done = time.time()
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        m = self.metrics
+        m.readings.inc(p.readings)
+        for kind, n in p.kinds.items():
+            m.outputs.labels(kind).inc(n)
+        m.outputs.labels("state").inc(len(state))
+        for reason, n in p.reasons.items():
+            m.dead_letters.labels(reason).inc(n)
+        m.outputs.labels("dead_letter").inc(sum(p.reasons.values()))
+        for kind, n in p.out_of_order.items():
+            m.out_of_order.labels(kind).inc(n)
+        for ts in p.stamps:
+            m.latency.observe(max(done - ts / 1000, 0.0))
+        evictions = self.engine.store.evictions
+        m.evictions.inc(evictions - self._evictions_seen)
+        self._evictions_seen = evictions
+        m.active_streams.set(len(store))
+        self.stats.commits += 1
+        self.stats.readings += p.readings
+        self.stats.outputs += sum(p.kinds.values())
+        self.stats.dead_letters += sum(p.reasons.values())
+        self._pending = _Pending()
+

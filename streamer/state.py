@@ -324,6 +324,14 @@ class StateStore:
             raise StateError(f"state snapshot has {len(view) - pos} trailing bytes")
         return streams, extras, blocks
 
+    def compatible(self, data: bytes) -> bool:
+        """Whether a snapshot can be restored into this store (format, dtype and shapes match)."""
+        try:
+            self._decode(data)
+        except StateError:
+            return False
+        return True
+
     def restore(self, data: bytes, now: float | None = None) -> list[str]:
         """Load a snapshot (validated first; may evict to make room); returns the restored stream ids."""
         streams, extras, blocks = self._decode(data)

@@ -29,8 +29,18 @@ class OutRecord:
 
 
 def common_config(kafka: KafkaSettings) -> dict:
-    """Client settings shared by consumer, producer and admin."""
-    return {"bootstrap_servers": kafka.bootstrap_servers.split(","), "client_id": kafka.client_id}
+    """Client settings shared by consumer, producer and admin, security included."""
+    cfg: dict = {"bootstrap_servers": kafka.bootstrap_servers.split(","), "client_id": kafka.client_id,
+                 "security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.startswith("SASL"):
+        cfg.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username,
+                   sasl_plain_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None)
+    if kafka.security_protocol.endswith("SSL"):
+        cfg.update({k: v for k, v in {"ssl_cafile": kafka.ssl_cafile, "ssl_certfile": kafka.ssl_certfile,
+                                      "ssl_keyfile": kafka.ssl_keyfile}.items() if v})
+        if kafka.ssl_password is not None:
+            cfg["ssl_password"] = kafka.ssl_password.get_secret_value()
+    return cfg
 
 
 def make_consumer(kafka: KafkaSettings) -> KafkaConsumer:
@@ -81,6 +91,15 @@ def ensure_topics(kafka: KafkaSettings, topics: dict[str, dict]) -> list[str]:
                 pass  # another instance created it between list and create
             log.info("created topics %s", sorted(missing))
         return sorted(missing)
+    finally:
+        admin.close()
+
+
+def admin_topics(kafka: KafkaSettings) -> list[str]:
+    """Names of the topics that exist on the cluster."""
+    admin = KafkaAdminClient(**common_config(kafka))
+    try:
+        return list(admin.list_topics())
     finally:
         admin.close()
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -33,9 +34,10 @@ def serve_env(bootstrap: str, src: str, out: str, dead: str, **extra: str) -> di
     env = dict(os.environ,
                STREAMER_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
                STREAMER_KAFKA__INPUT_TOPICS=json.dumps([src]),
-               STREAMER_KAFKA__OUTPUT_TOPIC=out, STREAMER_KAFKA__DEAD_LETTER_TOPIC=dead,
+               STREAMER_KAFKA__FORECAST_TOPIC=out, STREAMER_KAFKA__DEAD_LETTER_TOPIC=dead,
                STREAMER_KAFKA__GROUP_ID=f"g-{run}", STREAMER_KAFKA__TRANSACTIONAL_ID=f"tx-{run}",
-               STREAMER_ENGINE__DEVICE="cpu", STREAMER_LOG_FORMAT="json")
+               STREAMER_ENGINE__DEVICE="cpu", STREAMER_LOG_FORMAT="json",
+               STREAMER_METRICS__PORT="0")
     env.update(extra)
     return env
 
@@ -44,3 +46,41 @@ def start_serve(env: dict[str, str]) -> subprocess.Popen:
     """Start `python -m streamer.cli serve` with `env`; stderr (logs) is captured."""
     return subprocess.Popen([sys.executable, "-m", "streamer.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+class LogTail:
+    """Reads a child's JSON log lines (stderr) in a thread, so a test can wait for one while it runs."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.entries: list[dict] = []
+        self.text: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.text.append(line)
+            if line.startswith("{"):
+                try:
+                    self.entries.append(json.loads(line))
+                except ValueError:
+                    pass
+
+    def wait_for(self, predicate, timeout: float = 60.0) -> dict | None:
+        """The first log entry satisfying `predicate`, waiting up to `timeout` seconds (None if none)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in list(self.entries):
+                if predicate(entry):
+                    return entry
+            if self.proc.poll() is not None and not self.thread.is_alive():
+                return None
+            time.sleep(0.1)
+        return None
+
+    def finish(self, timeout: float = 60.0) -> list[dict]:
+        """Wait for the child to exit and the reader to drain; all entries."""
+        self.proc.wait(timeout=timeout)
+        self.thread.join(timeout=10)
+        return self.entries

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from tests.helpers import collect, serve_env, start_serve
+from tests.helpers import LogTail, collect, serve_env, start_serve
 
 pytestmark = pytest.mark.reliability
 
@@ -41,7 +41,7 @@ def _assert_same_outputs(got: list[dict], want: list[dict]) -> None:
     assert sorted(g) == sorted(w)
     for stream in w:
         assert [(o["ts"], o["n"]) for o in g[stream]] == [(o["ts"], o["n"]) for o in w[stream]], stream
-        np.testing.assert_allclose([o["prediction"] for o in g[stream]], [o["prediction"] for o in w[stream]],
+        np.testing.assert_allclose([o["forecast"] for o in g[stream]], [o["forecast"] for o in w[stream]],
                                    atol=1e-5)
 
 
@@ -76,13 +76,20 @@ def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_
                     STREAMER_KAFKA__INSTANCE_ID="crash-instance")
     rng = random.Random(1234)
     committed_before_kill = []
+    done = 0
     for _ in range(kills):
         proc = start_serve(env)
-        time.sleep(rng.uniform(2.0, 5.0))  # start-up takes about 2 s: most kills land mid-stream
+        # Start-up time varies with load: wait for this instance's first commit, then kill it at random.
+        deadline = time.monotonic() + 60
+        while done < total and time.monotonic() < deadline and proc.poll() is None:
+            if len(collect(kafka_bootstrap, [out], total, timeout=0.5)[out]) > done:
+                break
+        time.sleep(rng.uniform(0.0, 1.5))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
-        committed_before_kill.append(len(collect(kafka_bootstrap, [out], total, timeout=2)[out]))
+        done = len(collect(kafka_bootstrap, [out], total, timeout=2)[out])
+        committed_before_kill.append(done)
     final = _run_to_completion(env, kafka_bootstrap, out, total)
     # The kills interrupted real work: some progress was committed before the last kill, not all of it.
     assert any(0 < n < total for n in committed_before_kill), committed_before_kill
@@ -104,16 +111,20 @@ def test_survivor_takes_over_a_killed_instances_partitions(kafka_bootstrap, new_
     env_a.update(STREAMER_KAFKA__TRANSACTIONAL_ID=f"{group}-a", STREAMER_KAFKA__CLIENT_ID="a")
     env_b = dict(env_a, STREAMER_KAFKA__TRANSACTIONAL_ID=f"{group}-b", STREAMER_KAFKA__CLIENT_ID="b")
     a, b = start_serve(env_a), start_serve(env_b)
+    tails = {"a": LogTail(a), "b": LogTail(b)}
     # Readings trickle in over ~16 s so that both instances own live partitions when one dies.
     producing = threading.Thread(target=_produce_slowly, args=(kafka_bootstrap, src, streams, per_stream, 16.0))
     producing.start()
     try:
-        time.sleep(9.0)  # both have started (about 3 s each on 2 cores) and own partitions
+        # Start-up time varies with load: kill `a` once both own partitions (after the group settled).
+        for name in ("a", "b"):
+            assert tails[name].wait_for(lambda e: e["msg"] == "restored state" and e["partitions"], 90), name
+        time.sleep(2.0)
         os.kill(a.pid, signal.SIGKILL)
         a.wait()
         producing.join()
         got = collect(kafka_bootstrap, [out], total, timeout=120, proc=b)[out]
-        assert b.poll() is None, b.communicate()[1][-3000:]
+        assert b.poll() is None, "".join(tails["b"].text)[-3000:]
         if len(got) == total:
             got = collect(kafka_bootstrap, [out], total + 1, timeout=3)[out]
     finally:
@@ -121,7 +132,7 @@ def test_survivor_takes_over_a_killed_instances_partitions(kafka_bootstrap, new_
         for name, p in (("a", a), ("b", b)):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-            logs[name] = [json.loads(x) for x in p.communicate(timeout=60)[1].splitlines() if x.startswith("{")]
+            logs[name] = tails[name].finish()
     # The survivor restored state that the killed instance had written to the changelog.
     restores = [e for e in logs["b"] if e["msg"] == "restored state"]
     assert len(restores) >= 2 and restores[-1]["records"] > 0, restores

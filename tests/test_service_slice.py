@@ -19,10 +19,11 @@ from tests.helpers import collect, serve_env, start_serve
 def _settings(bootstrap, src, out, dead, **engine):
     run = uuid.uuid4().hex[:8]
     return load_settings(
-        kafka={"bootstrap_servers": bootstrap, "input_topics": [src], "output_topic": out,
+        kafka={"bootstrap_servers": bootstrap, "input_topics": [src], "forecast_topic": out,
                "dead_letter_topic": dead, "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
         model={"family": "gru", "n_features": 2, "hidden": 16, "seed": 7},
         engine={"device": "cpu", "max_wait_ms": 50, **engine},
+        metrics={"port": 0},
     )
 
 
@@ -70,7 +71,7 @@ def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_
     assert [d["reason"] for d in dead_letters] == ["wrong_shape"]
     assert dead_letters[0]["original"] == '{"stream": "sensor-1", "ts": 9, "values": [1.0]}'
 
-    model = service.model
+    model = service.served.model
     for name, values in streams.items():
         mine = [o for o in outputs if o["stream"] == name]
         assert [o["n"] for o in mine] == list(range(1, 13))
@@ -78,7 +79,7 @@ def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_
         with torch.inference_mode():
             one_pass, _ = model(torch.from_numpy(values)[None], torch.tensor([12]), None)
         expected = one_pass["reconstruction"][0].numpy()
-        np.testing.assert_allclose(np.array([o["prediction"] for o in mine]), expected, atol=1e-5)
+        np.testing.assert_allclose(np.array([o["forecast"][0] for o in mine]), expected, atol=1e-5)
 
 
 def test_serve_stops_cleanly_on_sigterm(kafka_bootstrap, new_topic):

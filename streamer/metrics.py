@@ -1,0 +1,144 @@
+"""Prometheus metrics of the daemon and the one HTTP port that serves /metrics, /healthz and /readyz.
+
+Each Service owns a Metrics object with its own registry (so tests can run several services in one
+process). Names follow Prometheus conventions: `streamer_` prefix, base units, `_total` on counters,
+and never a stream id as a label (thousands of streams would explode the series count).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+log = logging.getLogger(__name__)
+
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_READINGS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+
+
+class Metrics:
+    """Every metric `streamer serve` exports, in a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.readings = Counter("streamer_readings_consumed_total", "Readings decoded from the input topics",
+                                registry=r)
+        self.outputs = Counter("streamer_outputs_produced_total", "Records published, by kind", ["kind"],
+                               registry=r)
+        self.dead_letters = Counter("streamer_dead_letters_total", "Input records sent to the dead-letter topic",
+                                    ["reason"], registry=r)
+        self.out_of_order = Counter("streamer_out_of_order_readings_total",
+                                    "Readings not after their stream's last timestamp (dead-lettered)", ["kind"],
+                                    registry=r)
+        self.batch_readings = Histogram("streamer_batch_readings", "Readings per engine step", buckets=_READINGS,
+                                        registry=r)
+        self.step_seconds = Histogram("streamer_step_duration_seconds", "Duration of one batched engine step",
+                                      buckets=_SECONDS, registry=r)
+        self.latency = Histogram("streamer_record_to_output_latency_seconds",
+                                 "From an input record's Kafka timestamp to the commit of its outputs (sampled)",
+                                 buckets=_LATENCY, registry=r)
+        self.commit_seconds = Histogram("streamer_transaction_commit_duration_seconds",
+                                        "Duration of publishing and committing one unit of work", buckets=_SECONDS,
+                                        registry=r)
+        self.commit_failures = Counter("streamer_commit_failures_total",
+                                       "Commits that failed (the work is redone from the last commit)", registry=r)
+        self.active_streams = Gauge("streamer_active_streams", "Streams resident in the state store", registry=r)
+        self.evictions = Counter("streamer_evictions_total", "Streams evicted from the state store", registry=r)
+        self.restored = Counter("streamer_restored_records_total", "Changelog records read while restoring state",
+                                registry=r)
+        self.rebalances = Counter("streamer_rebalances_total", "Partition assignments and revocations", ["event"],
+                                  registry=r)
+        self.lag = Gauge("streamer_consumer_lag_records", "Records between the consumer position and the end",
+                         ["topic", "partition"], registry=r)
+        self.model_info = Gauge("streamer_model_info", "The served model (value 1)", ["name", "version", "family"],
+                                registry=r)
+        self.ready = Gauge("streamer_ready", "1 when partitions are assigned, state restored and a model loaded",
+                           registry=r)
+        self.alerts_firing = Gauge("streamer_alerts_firing", "Anomaly alerts currently firing", registry=r)
+        for kind in ("forecast", "alert", "event", "state", "dead_letter"):
+            self.outputs.labels(kind)
+        for kind in ("late", "duplicate"):
+            self.out_of_order.labels(kind)
+        for event in ("assigned", "revoked"):
+            self.rebalances.labels(event)
+
+    def set_model(self, name: str, version: str, family: str) -> None:
+        """Record the served model, replacing the previous one."""
+        self.model_info.clear()
+        self.model_info.labels(name, version, family).set(1)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """/metrics, /healthz (the loop is alive) and /readyz (ready to process) on one port, in a thread."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, alive: Callable[[], bool],
+                 ready: Callable[[], bool]) -> None:
+        handler = _handler(metrics, alive, ready)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="streamer-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when 0 asked for any free one)."""
+        return self.httpd.server_address[1]
+
+    def start(self) -> HealthServer:
+        """Serve in a background thread."""
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _handler(metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]) -> type:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = alive()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
+            elif path == "/readyz":
+                ok = ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: object) -> None:
+            log.debug("http " + fmt, *args)
+
+    return Handler

@@ -1,0 +1,92 @@
+"""The model `streamer serve` runs: a checkpoint from `streamer train` (hot-reloaded), or a seeded network.
+
+A checkpoint brings its normalisation: readings are z-scored with the training statistics before the
+model sees them and forecasts are turned back into the units of the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamer.config import Settings
+from streamer.models import ModelConfig, RecurrentModel, build_model
+
+
+@dataclass
+class ServedModel:
+    """A model ready to serve, with what outputs need to say about it."""
+
+    model: RecurrentModel
+    name: str
+    version: str
+    mean: np.ndarray  # [F] float32, the training mean of each channel
+    std: np.ndarray  # [F] float32, the training std of each channel (never 0)
+    channels: tuple[str, ...] | None  # feature names, for readings with named channels
+    signature: str | None = None  # what identifies the checkpoint on disk, to notice a new one
+
+    @property
+    def family(self) -> str:
+        """rnn, lstm or gru."""
+        return self.model.config.family
+
+    @property
+    def head(self) -> str:
+        """The head whose outputs are published as forecasts."""
+        return "forecast" if "forecast" in self.model.config.heads else "reconstruction"
+
+    def same_architecture(self, other: ServedModel) -> bool:
+        """Whether per-stream states of `other` are valid for this model (same family and state shapes)."""
+        return self.family == other.family and self.model.state_shapes() == other.model.state_shapes()
+
+
+def seeded_model(settings: Settings) -> ServedModel:
+    """A freshly initialised, seeded model as the settings describe (no checkpoint configured)."""
+    m = settings.model
+    torch.manual_seed(m.seed)
+    cfg = ModelConfig(family=m.family, n_features=m.n_features, hidden=m.hidden, layers=m.layers,
+                      heads=("reconstruction",))
+    return wrap_model(build_model(cfg).eval(), f"{m.family}-h{m.hidden}-seed{m.seed}", f"seed{m.seed}")
+
+
+def wrap_model(model: RecurrentModel, name: str, version: str) -> ServedModel:
+    """A ServedModel for a model given in code (identity normalisation)."""
+    f = model.config.n_features
+    return ServedModel(model.eval(), name, version, np.zeros(f, np.float32), np.ones(f, np.float32), None)
+
+
+def checkpoint_signature(path: str | os.PathLike) -> str | None:
+    """Changes whenever a new checkpoint is written in place (atomic writes replace meta.json last)."""
+    meta = Path(path) / "meta.json"
+    try:
+        st = meta.stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_mtime_ns}-{st.st_size}-{hashlib.sha256(meta.read_bytes()).hexdigest()[:16]}"
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> ServedModel:
+    """Load a training checkpoint (safetensors + meta.json; never executes code) for serving."""
+    from training.checkpoints import load  # training owns the format; serving only reads it
+
+    signature = checkpoint_signature(path)
+    model, meta = load(path, device=device)
+    norm = meta["normalization"]
+    std = np.asarray(norm["std"], dtype=np.float32)
+    channels = tuple(meta["features"].get("numeric", [])) or None
+    version = str(meta.get("weights_sha256", ""))[:12] or (signature or "unknown")[:12]
+    return ServedModel(model, str(meta.get("name") or Path(path).resolve().name), version,
+                       np.asarray(norm["mean"], dtype=np.float32), np.where(std > 0, std, 1.0).astype(np.float32),
+                       channels, signature)
+
+
+def served_model(settings: Settings, device: str | torch.device) -> ServedModel:
+    """The checkpoint when one is configured, else the seeded model."""
+    if settings.model.checkpoint:
+        return load_checkpoint(settings.model.checkpoint, device)
+    return seeded_model(settings)
