@@ -10,6 +10,7 @@ from pathlib import Path
 
 from streamer.config import load_settings
 from streamer.errors import StreamerError
+from streamer.eval_cli import register as register_eval
 from streamer.logs import setup_logging
 from training.cli import register as register_training
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Every STREAMER_* setting with its type, default and meaning, as Markdown.")
     p.set_defaults(func=cmd_settings)
     register_training(sub)
+    register_eval(sub)
     return parser
 
 

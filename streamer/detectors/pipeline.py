@@ -1,0 +1,111 @@
+"""The anomaly pipeline of one stream: normalise -> (engine forecasts) -> error z -> likelihood -> alerts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from streamer.detectors.alerts import AlertLifecycle
+from streamer.detectors.base import Detector
+from streamer.detectors.forecast_error import ForecastErrorScorer
+from streamer.detectors.likelihood import AnomalyLikelihood
+from streamer.detectors.normalise import OnlineNormaliser
+from streamer.detectors.thresholds import DynamicThreshold
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of the anomaly pipeline (one configuration for every stream); rates in readings."""
+
+    norm_halflife: float = 5000.0  # input normalisation adapts at this EWMA half-life
+    error_halflife: float = 8000.0  # forecast-error mean/variance half-life
+    error_warmup: int = 50  # readings before error z-scores are emitted
+    error_zmax: float = 50.0  # error z-scores are clipped to [0, error_zmax]
+    value_weight: float = 0.0  # raw score = max(error z, value_weight * |normalised reading|) (0: errors only)
+    short: int = 8  # likelihood: short window of raw scores
+    long_halflife: float = 8000.0  # likelihood: long-run distribution half-life (the "new normal" rate)
+    likelihood_warmup: int = 200  # readings before the likelihood is emitted (score 0 before)
+    dt_window: int = 1000  # Telemanom threshold: trailing window of smoothed errors
+    dt_span: float = 30.0  # Telemanom threshold: EWMA span of the smoothing
+    dt_every: int = 50  # Telemanom threshold: recomputed every this many readings
+    alert_on: float = 0.5  # own threshold on the final score (alerts fire at or above)
+    alert_off: float = 0.3  # alerts resolve below this ...
+    resolve_after: int = 10  # ... for this many readings
+    suppress: int = 100  # final score damped for this many readings after an alert fired (0: off)
+    damp: float = 0.0  # factor on the final score while damped
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (for reports)."""
+        return asdict(self)
+
+
+class AnomalyPipeline(Detector):
+    """Composite detector; its state is {'norm', 'error', 'lik', 'dt', 'alert', 'damp'} of its parts' states.
+
+    `prepare` normalises new readings for the model (call before the engine), `score` turns the model's
+    one-step forecasts (normalised units) into scores and alerts (call after it). The final 'score' in [0, 1]
+    is the log-likelihood of the forecast-error z, damped for `suppress` readings after an alert fired.
+    """
+
+    score_range = (0.0, 1.0)
+
+    def __init__(self, n_channels: int = 1, config: PipelineConfig | None = None, model: str = "",
+                 version: str = "", channel_names: list[str] | None = None) -> None:
+        self.n_channels = n_channels
+        self.config = cfg = config or PipelineConfig()
+        self.norm = OnlineNormaliser(n_channels, halflife=cfg.norm_halflife)
+        self.error = ForecastErrorScorer(n_channels, halflife=cfg.error_halflife, warmup=cfg.error_warmup,
+                                         zmax=cfg.error_zmax)
+        self.lik = AnomalyLikelihood(short=cfg.short, halflife=cfg.long_halflife, warmup=cfg.likelihood_warmup)
+        self.dt = DynamicThreshold(window=cfg.dt_window, span=cfg.dt_span, every=cfg.dt_every,
+                                   warmup=cfg.likelihood_warmup)
+        self.alerts = AlertLifecycle("anomaly", on=cfg.alert_on, off=cfg.alert_off, resolve_after=cfg.resolve_after,
+                                     critical=max(cfg.alert_on, 0.8), channel_names=channel_names, model=model,
+                                     version=version)
+
+    def init_state(self, n_channels: int | None = None) -> dict[str, Any]:
+        """States of all parts."""
+        c = n_channels or self.n_channels
+        return {"norm": self.norm.init_state(c), "error": self.error.init_state(c), "lik": self.lik.init_state(),
+                "dt": self.dt.init_state(), "alert": self.alerts.init_state(), "damp": 0}
+
+    def prepare(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Model input: readings normalised with the stream's stats so far, float32 [T, C]."""
+        return self.norm.step(state["norm"], ts, values)
+
+    def score(self, state: dict[str, Any], ts: np.ndarray, x_norm: np.ndarray, forecast: np.ndarray,
+              stream: str = "") -> dict[str, Any]:
+        """Scores for normalised readings [T, C] and the model's next-step forecasts [T, C] of the same rows."""
+        fe = self.error.step(state["error"], ts, x_norm, forecast)
+        raw = fe["score"]
+        if self.config.value_weight > 0:
+            dev = np.sqrt(np.mean(np.square(x_norm, dtype=np.float64), axis=1))
+            raw = np.maximum(raw, self.config.value_weight * dev)
+        lk = self.lik.step(state["lik"], ts, raw)
+        dt = self.dt.step(state["dt"], ts, np.sqrt(np.mean(fe["error"] ** 2, axis=1)))
+        final = lk["score"].copy()
+        damp = int(state["damp"])
+        cfg = self.config
+        alerts: list[dict[str, Any]] = []
+        ts = np.asarray(ts, dtype=np.int64)
+        for t in range(final.shape[0]):  # damping depends on past alerts only, so it runs row by row
+            if damp > 0:
+                final[t] *= cfg.damp
+                damp -= 1
+            fired = self.alerts.step(state["alert"], ts[t : t + 1], final[t : t + 1], fe["channels"][t : t + 1],
+                                     stream=stream)
+            if any(m["state"] == "firing" for m in fired):
+                damp = cfg.suppress
+            alerts.extend(fired)
+        state["damp"] = damp
+        return {"score": final, "likelihood": lk["likelihood"], "raw": raw, "channels": fe["channels"],
+                "ratio": dt["ratio"], "flag": dt["flag"], "threshold": dt["threshold"], "alerts": alerts,
+                "fired": _fired_rows(ts, alerts)}
+
+
+def _fired_rows(ts: np.ndarray, alerts: list[dict[str, Any]]) -> np.ndarray:
+    """1.0 at the readings where an alert fired, else 0.0 (binary detections at the pipeline's own threshold)."""
+    fired = {m["start_ts"] for m in alerts if m["state"] == "firing"}
+    return np.array([1.0 if int(t) in fired else 0.0 for t in ts.tolist()])
