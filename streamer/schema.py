@@ -15,7 +15,8 @@ from streamer.errors import InvalidRecord
 
 StreamId = Annotated[str, Field(min_length=1, max_length=256)]
 Millis = Annotated[int, Field(ge=0, lt=2**62)]  # ms since the epoch; bounded so it fits int64
-SCHEMA_VERSION = 1  # "v" in a record; absent means 1
+SCHEMA_VERSION = 1
+_F32_MAX = float(np.finfo(np.float32).max)  # "v" in a record; absent means 1
 
 
 class Reading(BaseModel):
@@ -67,7 +68,15 @@ def _row(values: list[float] | dict[str, float], channels: tuple[str, ...] | Non
 
 def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None = None,
            max_bytes: int = 1_048_576, ts_range: tuple[int, int] | None = None) -> Decoded:
-    """Validate one Kafka record value and return it as arrays; InvalidRecord names what is wrong.
+    """Validate one Kafka record value and return it as arrays; InvalidRecord names what is wrong."""
+    stream, ts, rows = parse(raw, n_features, channels, max_bytes, ts_range)
+    return Decoded(stream, np.array(ts, dtype=np.int64), np.array(rows, dtype=np.float32))
+
+
+def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None = None,
+          max_bytes: int = 1_048_576, ts_range: tuple[int, int] | None = None
+          ) -> tuple[str, list[int], list[list[float]]]:
+    """Validate one record value: (stream, timestamps, rows of values) as Python lists, for batch assembly.
 
     `ts_range` (lowest, highest) refuses timestamps far in the past or future; a chunk's timestamps
     must strictly increase (the model steps readings in time order).
@@ -96,22 +105,21 @@ def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None 
             raise InvalidRecord("wrong_shape", f"{len(msg.ts)} timestamps but {len(msg.values)} rows of values")
         ts = msg.ts
         rows = [_row(v, channels) for v in msg.values]
-    widths = {len(r) for r in rows}
-    if widths != {n_features}:
-        raise InvalidRecord("wrong_shape", f"expected {n_features} values per reading, got {sorted(widths)}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
-        values = np.asarray(rows, dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise InvalidRecord("non_finite", "values contain NaN or Inf")
-    stamps = np.asarray(ts, dtype=np.int64)
-    if stamps.shape[0] > 1 and not (np.diff(stamps) > 0).all():
+    if any(len(r) != n_features for r in rows):
+        widths = sorted({len(r) for r in rows})
+        raise InvalidRecord("wrong_shape", f"expected {n_features} values per reading, got {widths}")
+    # Plain comparisons, cheaper than numpy on a few values: NaN fails both, and so does anything that
+    # would overflow float32 to inf.
+    if not all(-_F32_MAX <= v <= _F32_MAX for r in rows for v in r):
+        raise InvalidRecord("non_finite", "values contain NaN or Inf (or exceed float32)")
+    if len(ts) > 1 and any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
         raise InvalidRecord("unordered_chunk", "timestamps of a chunk must strictly increase")
     if ts_range is not None:
-        if stamps[0] < ts_range[0]:
-            raise InvalidRecord("ts_too_old", f"timestamp {int(stamps[0])} is before {ts_range[0]}")
-        if stamps[-1] > ts_range[1]:
-            raise InvalidRecord("ts_in_future", f"timestamp {int(stamps[-1])} is after {ts_range[1]}")
-    return Decoded(msg.stream, stamps, values)
+        if ts[0] < ts_range[0]:
+            raise InvalidRecord("ts_too_old", f"timestamp {ts[0]} is before {ts_range[0]}")
+        if ts[-1] > ts_range[1]:
+            raise InvalidRecord("ts_in_future", f"timestamp {ts[-1]} is after {ts_range[1]}")
+    return msg.stream, ts, rows
 
 
 def encode(obj: dict) -> bytes:

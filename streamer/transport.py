@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from streamer.config import KafkaSettings
@@ -18,14 +19,18 @@ from streamer.config import KafkaSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class OutRecord:
-    """One record to publish: topic, key (stream id) and the encoded value."""
+class OutRecord(NamedTuple):
+    """One record to publish: topic, key (stream id), the encoded value, and the partition when known."""
 
     topic: str
     key: bytes | None
     value: bytes | None
     partition: int | None = None
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a key (murmur2), computed once per stream."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def common_config(kafka: KafkaSettings) -> dict:

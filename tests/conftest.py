@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-KAFKA_SH = ROOT / "deploy" / "local-kafka" / "kafka.sh"
-
-
-def _free_port_pair() -> int:
-    """A port p such that p and p+1 are both free on 127.0.0.1 (broker and controller listeners)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of ports on 127.0.0.1")
+from streamer.local_kafka import LocalKafka
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +18,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
     if given:
         yield given
         return
-    port = _free_port_pair()
-    env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_DATA_DIR=str(tmp_path_factory.mktemp("kafka")))
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
     started = time.monotonic()
-    proc = subprocess.run(["bash", str(KAFKA_SH), "up"], env=env, capture_output=True, text=True)
+    proc = broker.run("up")
     if proc.returncode != 0:
         message = f"the local Kafka broker could not start:\n{proc.stderr[-4000:]}"
         if os.environ.get("CI", "").lower() == "true":
@@ -52,7 +30,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield proc.stdout.strip()
     finally:
-        subprocess.run(["bash", str(KAFKA_SH), "down"], env=env, capture_output=True, text=True)
+        broker.down()
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start, stop or query a single-node Apache Kafka broker (KRaft, broker+controller in one JVM)
 # assembled from Maven Central jars. Listeners bind 127.0.0.1 only.
-#   kafka.sh up | down | status | fetch
+#   kafka.sh up | down | stop | start | status | fetch
+#   up: a fresh broker (data wiped); down: stop it and wipe its data;
+#   stop: stop it and keep its data; start: start it again on the kept data (a broker restart).
 # Environment: KAFKA_PORT (default 19092; the controller takes KAFKA_PORT+1),
 #              KAFKA_DATA_DIR (default ${TMPDIR:-/tmp}/streamer-kafka-$KAFKA_PORT),
 #              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90).
@@ -80,13 +82,20 @@ up() {
   port_open "$port" && die "port $port is already in use by another process; set KAFKA_PORT"
   rm -rf "$data"
   write_config
-  local cp="$jars/*"
   local cluster_id
   cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
-  java -cp "$cp" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data/logs" \
+  java -cp "$jars/*" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data/logs" \
     kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$data/server.properties" \
     > "$data/logs/format.log" 2>&1 || { cat "$data/logs/format.log" >&2; die "storage format failed"; }
+  launch
+}
+
+# Start the JVM on the configured data dir and wait until the broker serves.
+launch() {
+  local cp="$jars/*"
   local start=$SECONDS
+  # A restart must not mistake the previous run's "Kafka Server started" for its own.
+  if [ -f "$data/logs/server.log" ]; then mv "$data/logs/server.log" "$data/logs/server.log.$start.prev"; fi
   # setsid: the broker outlives the shell that started it and ignores its terminal's signals.
   setsid java -Xmx"${KAFKA_HEAP:-512m}" -Xms"${KAFKA_HEAP:-512m}" -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data/logs" \
@@ -106,7 +115,7 @@ up() {
   echo "$bootstrap"
 }
 
-down() {
+stop() {
   if running; then
     local pid
     pid=$(cat "$pidfile")
@@ -115,13 +124,30 @@ down() {
     kill -9 "$pid" 2>/dev/null || true
     echo "local-kafka: broker on $bootstrap stopped" >&2
   fi
+}
+
+down() {
+  stop
   rm -rf "$data"
+}
+
+start() {
+  if running; then
+    echo "$bootstrap"
+    return 0
+  fi
+  [ -f "$data/server.properties" ] || die "no broker data in $data to start on; use 'up' for a fresh broker"
+  need_tools
+  port_open "$port" && die "port $port is already in use by another process; set KAFKA_PORT"
+  launch
 }
 
 case "${1:-}" in
   up) up ;;
   fetch) need_tools; fetch_jars ;;
   down) down ;;
+  stop) stop ;;
+  start) start ;;
   status) if running; then echo "running on $bootstrap (pid $(cat "$pidfile"))"; else echo "not running"; exit 1; fi ;;
-  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|stop|start|status|fetch" >&2; exit 2 ;;
 esac

@@ -1,0 +1,529 @@
+"""End-to-end throughput and latency of `streamer serve` on a real Kafka broker, against a bare consumer.
+
+For S streams and N readings, once with single-reading records and once with chunk records of 32
+readings, in one run:
+  (a) bare_consume_per_s  a bare kafka-python consumer (the daemon's fetch settings) + json.loads;
+  (b) e2e_eos_per_s       `streamer serve` (child process) with exactly-once, over the pre-produced topic;
+  (c) e2e_per_s           the same at-least-once;
+  (d) p50/p99_latency_ms  reading sent (its ts) to forecast received read_committed, at half of (b).
+Throughputs count readings (not records) between the first and the last record seen.
+
+Usage: python -m benchmarks.e2e [--quick] [--json] [--bootstrap HOST:PORT] [--streams S] [--readings N]
+Without --bootstrap it starts the local broker (deploy/local-kafka/kafka.sh) on free ports and stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+from streamer.config import KafkaSettings
+from streamer.local_kafka import LocalKafka
+from streamer.transport import make_consumer
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 32
+LATENCY_DROP = 0.10  # the first 10% of latency samples are warm-up
+
+
+def log(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+# -- the broker ---------------------------------------------------------------------------------------
+def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics({n: {"num_partitions": partitions, "replication_factor": 1} for n in names},
+                            wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
+# -- input --------------------------------------------------------------------------------------------
+def stream_ids(n: int) -> list[str]:
+    return [f"s-{i:06d}" for i in range(n)]
+
+
+def fast_producer(bootstrap: str, linger_ms: int = 20) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=linger_ms, batch_size=1024 * 1024,
+                         max_request_size=8 * 1024 * 1024)
+
+
+def partitioner(topic: str, producer: KafkaProducer, keys: list[bytes]) -> list[int]:
+    """The default partition of every key, computed once per stream (kafka-python's murmur2 is pure Python)."""
+    parts = sorted(producer.partitions_for(topic))
+    return [parts[(murmur2(k) & 0x7FFFFFFF) % len(parts)] for k in keys]
+
+
+def produce_input(bootstrap: str, topic: str, n_readings: int, n_streams: int, chunk: int,
+                  seed: int = 0) -> dict[str, Any]:
+    """N readings round-robin over S streams, single readings (chunk=1) or chunks; values pre-encoded.
+
+    Returns the readings actually produced (a multiple of `chunk`) and the readings per stream.
+    """
+    rng = np.random.default_rng(seed)
+    ids = stream_ids(n_streams)
+    keys = [s.encode() for s in ids]
+    n_records = n_readings // chunk
+    n_readings = n_records * chunk
+    base = int(time.time() * 1000) - n_readings - 60_000  # every ts in the past; strictly increasing per stream
+    vals = [f"{v:.5f}" for v in rng.standard_normal(n_readings).tolist()]
+    values: list[bytes] = []
+    if chunk == 1:
+        for i in range(n_records):
+            values.append(f'{{"stream":"{ids[i % n_streams]}","ts":{base + i},"values":[{vals[i]}]}}'.encode())
+    else:
+        for j in range(n_records):
+            a = j * chunk
+            ts = ",".join(str(base + a + k) for k in range(chunk))
+            rows = ",".join(f"[{v}]" for v in vals[a : a + chunk])
+            values.append(f'{{"stream":"{ids[j % n_streams]}","ts":[{ts}],"values":[{rows}]}}'.encode())
+    producer = fast_producer(bootstrap)
+    parts = partitioner(topic, producer, keys)
+    started = time.perf_counter()
+    send = producer.send
+    for j, v in enumerate(values):
+        s = j % n_streams
+        send(topic, key=keys[s], value=v, partition=parts[s])
+    producer.flush()
+    took = time.perf_counter() - started
+    producer.close()
+    per_stream = np.bincount(np.arange(n_records) % n_streams, minlength=n_streams) * chunk
+    return {"readings": n_readings, "records": n_records, "per_stream": per_stream,
+            "produce_s": took, "bytes": sum(map(len, values))}
+
+
+# -- (a) the bare consumer ------------------------------------------------------------------------------
+def bare_consume(bootstrap: str, topic: str, n_readings: int, max_batch: int, timeout: float) -> dict[str, Any]:
+    """The daemon's consumer settings (make_consumer: read_committed, fetch sizes) + json.loads; readings/s.
+
+    Timed from the first fetch (partitions assigned directly, no group join) to the last record decoded.
+    """
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:8]}",
+                          client_id="e2e-bare")
+    started = time.perf_counter()
+    consumer = make_consumer(kafka)
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    consumer.assign(parts)  # no group join to wait for: the clock starts with the first fetch
+    consumer.seek_to_beginning(*parts)
+    loads = json.loads
+    seen = 0
+    last = None
+    first = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    while seen < n_readings and time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=100, max_records=max_batch)
+        for recs in batch.values():
+            for r in recs:
+                ts = loads(r.value)["ts"]
+                seen += len(ts) if isinstance(ts, list) else 1
+        last = time.perf_counter()
+    consumer.close(autocommit=False)
+    if seen < n_readings:
+        raise RuntimeError(f"bare consumer read {seen} of {n_readings} readings before the timeout")
+    return {"per_s": seen / max(last - first, 1e-9), "incl_startup_per_s": seen / (last - started),
+            "startup_s": first - started, "seconds": last - first}
+
+
+# -- `streamer serve` ----------------------------------------------------------------------------------
+class Serve:
+    """A `python -m streamer.cli serve` child with its own group, transactional id and topics; JSON logs read."""
+
+    def __init__(self, bootstrap: str, src: str, out: str, dead: str, exactly_once: bool,
+                 settings: dict[str, str]) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.group = f"e2e-{run}"
+        env = dict(os.environ,
+                   STREAMER_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
+                   STREAMER_KAFKA__INPUT_TOPICS=json.dumps([src]),
+                   STREAMER_KAFKA__FORECAST_TOPIC=out, STREAMER_KAFKA__DEAD_LETTER_TOPIC=dead,
+                   STREAMER_KAFKA__ALERT_TOPIC=f"{out}-alerts", STREAMER_KAFKA__EVENT_TOPIC=f"{out}-events",
+                   STREAMER_KAFKA__GROUP_ID=self.group, STREAMER_KAFKA__TRANSACTIONAL_ID=f"tx-{run}",
+                   STREAMER_KAFKA__EXACTLY_ONCE="true" if exactly_once else "false",
+                   STREAMER_ENGINE__DEVICE="cpu", STREAMER_LOG_FORMAT="json", STREAMER_METRICS__PORT="0",
+                   STREAMER_ENGINE__STATE_DIR=tempfile.mkdtemp(prefix="e2e-state-"))
+        env.update(settings)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+        self.state_dir = env["STREAMER_ENGINE__STATE_DIR"]
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "serve"], env=env, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.entries: list[dict] = []
+        self.first_seen: dict[str, float] = {}  # log message -> when this process read it
+        self.text: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.text.append(line)
+            if line.startswith("{"):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                self.entries.append(entry)
+                self.first_seen.setdefault(entry.get("msg"), time.perf_counter())
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_for(self, msg: str, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in list(self.entries):
+                if e.get("msg") == msg:
+                    return e
+            if not self.alive():
+                return None
+            time.sleep(0.05)
+        return None
+
+    def stop(self, timeout: float = 30.0) -> dict:
+        """SIGTERM, wait, SIGKILL if needed; the loop's stats from its "stopped" log line."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.reader.join(timeout=10)
+        stopped = next((e for e in self.entries if e.get("msg") == "stopped"), {})
+        keys = ("polls", "readings", "outputs", "dead_letters", "commits", "rewinds")
+        return {k: stopped[k] for k in keys if k in stopped}
+
+    def tail(self, n: int = 30) -> str:
+        return "".join(self.text[-n:])
+
+
+def watcher(bootstrap: str, topic: str) -> KafkaConsumer:
+    """The benchmark's own read_committed reader of a forecast topic (no group), from the beginning."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
+                      fetch_max_wait_ms=50, max_partition_fetch_bytes=8 * 1024 * 1024, client_id="e2e-watch")
+    parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+    c.assign(parts)
+    c.seek_to_beginning(*parts)
+    return c
+
+
+def expected_forecasts(per_stream: np.ndarray, every: int) -> int:
+    return int((per_stream // every).sum())
+
+
+def e2e_run(bootstrap: str, src: str, n_readings: int, want: int, exactly_once: bool, settings: dict[str, str],
+            partitions: int, timeout: float) -> dict[str, Any]:
+    """Serve the pre-produced `src` from the beginning; time the forecasts as they appear, read_committed."""
+    run = uuid.uuid4().hex[:8]
+    out, dead = f"e2e-out-{run}", f"e2e-dead-{run}"
+    create_topics(bootstrap, [out, dead], 1)
+    watch = watcher(bootstrap, out)
+    serve = Serve(bootstrap, src, out, dead, exactly_once, settings)
+    seen = first_batch = arrivals = 0
+    first = last = None
+    loads = json.loads
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < want and time.monotonic() < deadline and serve.alive():
+            batch = watch.poll(timeout_ms=100, max_records=100_000)
+            if not batch:
+                continue
+            now = time.perf_counter()
+            got = 0
+            for recs in batch.values():
+                for r in recs:  # a forecast record of several readings ("ts": [...]) counts each of them
+                    got += len(loads(r.value)["ts"]) if b'"ts":[' in r.value else 1
+            if first is None:
+                first, first_batch = now, got
+            seen += got
+            arrivals += 1
+            last = now
+    finally:
+        watch.close()
+        stats = serve.stop()
+    if seen < want:
+        raise RuntimeError(f"{seen} of {want} forecasts arrived (exactly_once={exactly_once}); "
+                           f"child log tail:\n{serve.tail()}")
+    ready = serve.first_seen.get("restored state", serve.started)
+    per_forecast = n_readings / want  # readings per forecast record (forecast_every)
+    ready_rate = n_readings / max(last - ready, 1e-9)
+    # First to last committed forecast; the readings of the first arrival were processed before the window.
+    steady = arrivals >= 3 and first_batch < 0.25 * seen
+    window_rate = (seen - first_batch) * per_forecast / max(last - first, 1e-9) if steady else None
+    return {"per_s": window_rate if steady else ready_rate, "window": "first_to_last" if steady else "ready_to_last",
+            "first_to_last_per_s": window_rate, "ready_to_last_per_s": ready_rate,
+            "incl_startup_per_s": n_readings / (last - serve.started),
+            "startup_s": first - serve.started, "ready_s": ready - serve.started, "seconds": last - first,
+            "arrivals": arrivals, "forecasts": seen, "daemon": stats}
+
+
+# -- (d) latency ---------------------------------------------------------------------------------------
+def paced_producer(bootstrap: str, topic: str, n_streams: int, rate: float, seconds: float, chunk: int,
+                   stop: threading.Event, sent: list[int]) -> None:
+    """Readings at `rate`/s round-robin over the streams (chunks of `chunk`), ts = wall clock ms at send."""
+    ids = stream_ids(n_streams)
+    keys = [s.encode() for s in ids]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=2, batch_size=256 * 1024)
+    parts = partitioner(topic, producer, keys)
+    rng = np.random.default_rng(1)
+    vals = [f"{v:.5f}" for v in rng.standard_normal(4096).tolist()]
+    last_ts = [0] * n_streams
+    record_rate = rate / chunk
+    total = int(rate * seconds) // chunk
+    started = time.perf_counter()
+    i = 0
+    while i < total and not stop.is_set():
+        due = min(total, int((time.perf_counter() - started) * record_rate) + 1)
+        now_ms = int(time.time() * 1000)
+        while i < due:
+            s = i % n_streams
+            t = max(now_ms, last_ts[s] + chunk)
+            last_ts[s] = t
+            v = vals[i % 4096]
+            if chunk == 1:
+                body = f'{{"stream":"{ids[s]}","ts":{t},"values":[{v}]}}'
+            else:
+                ts = ",".join(str(t - chunk + 1 + k) for k in range(chunk))
+                body = f'{{"stream":"{ids[s]}","ts":[{ts}],"values":[{",".join([f"[{v}]"] * chunk)}]}}'
+            producer.send(topic, key=keys[s], value=body.encode(), partition=parts[s])
+            i += 1
+        sent[0] = i * chunk
+        time.sleep(0.001)
+    producer.flush()
+    producer.close()
+
+
+def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chunk: int, every: int,
+                settings: dict[str, str], partitions: int, timeout: float) -> dict[str, Any]:
+    """Paced readings into a fresh topic while `streamer serve` (exactly-once) runs; forecast receipt - ts."""
+    run = uuid.uuid4().hex[:8]
+    src, out, dead = f"e2e-lat-in-{run}", f"e2e-lat-out-{run}", f"e2e-lat-dead-{run}"
+    create_topics(bootstrap, [src], partitions)
+    create_topics(bootstrap, [out, dead], 1)
+    watch = watcher(bootstrap, out)
+    serve = Serve(bootstrap, src, out, dead, True, settings)
+    if serve.wait_for("restored state", timeout=120) is None:  # partitions assigned and restored: ready
+        serve.stop()
+        raise RuntimeError(f"streamer serve did not become ready; child log tail:\n{serve.tail()}")
+    stop, sent = threading.Event(), [0]
+    prod = threading.Thread(target=paced_producer, daemon=True,
+                            args=(bootstrap, src, n_streams, rate, seconds, chunk, stop, sent))
+    total = (int(rate * seconds) // chunk) * chunk
+    per_stream = np.bincount(np.arange(total // chunk) % n_streams, minlength=n_streams) * chunk
+    want = expected_forecasts(per_stream, every)
+    lat: list[float] = []
+    loads = json.loads
+    prod.start()
+    deadline = time.monotonic() + seconds + timeout
+    try:
+        while len(lat) < want and time.monotonic() < deadline and serve.alive():
+            batch = watch.poll(timeout_ms=50, max_records=100_000)
+            recv = time.time() * 1000
+            for recs in batch.values():
+                for r in recs:
+                    f = loads(r.value)
+                    ts, ns = f["ts"], f["n"]
+                    if not isinstance(ts, list):
+                        ts, ns = [ts], [ns]
+                    elif not isinstance(ns, list):  # several readings, "n" of the last one
+                        ns = list(range(ns - len(ts) + 1, ns + 1))
+                    for t, n in zip(ts, ns, strict=True):
+                        # a chunk's reading k of 32 was stamped (31 - k) ms before the send
+                        lat.append(recv - (t + chunk - 1 - (n - 1) % chunk))
+    finally:
+        stop.set()
+        prod.join(timeout=30)
+        watch.close()
+        stats = serve.stop()
+    if len(lat) < want:
+        raise RuntimeError(f"{len(lat)} of {want} forecasts arrived in the latency run; log tail:\n{serve.tail()}")
+    steady = np.asarray(lat[int(len(lat) * LATENCY_DROP):])
+    halves = np.array_split(steady, 2)  # a second half much slower than the first: a backlog is growing
+    return {"p50_latency_ms": float(np.percentile(steady, 50)), "p99_latency_ms": float(np.percentile(steady, 99)),
+            "max_latency_ms": float(steady.max()), "p50_first_half_ms": float(np.percentile(halves[0], 50)),
+            "p50_second_half_ms": float(np.percentile(halves[1], 50)), "rate_per_s": rate, "seconds": seconds,
+            "readings": total, "samples": int(steady.size), "daemon": stats}
+
+
+# -- one input shape ----------------------------------------------------------------------------------
+def measure_shape(args, bootstrap: str, src: str, produced: dict[str, Any], chunk: int,
+                  settings: dict[str, str]) -> dict[str, Any]:
+    n = produced["readings"]
+    want = expected_forecasts(produced["per_stream"], args.forecast_every)
+    timeout = args.timeout
+    bare, eos, alo = [], [], []
+    for rep in range(args.repeat):
+        label = f"chunk{chunk}" if chunk > 1 else "single"
+        log(f"{label} rep {rep + 1}/{args.repeat}: bare consumer")
+        bare.append(bare_consume(bootstrap, src, n, args.max_batch_readings, timeout))
+        log(f"{label}: bare {bare[-1]['per_s']:,.0f}/s; streamer serve exactly-once")
+        eos.append(e2e_run(bootstrap, src, n, want, True, settings, args.partitions, timeout))
+        log(f"{label}: eos {eos[-1]['per_s']:,.0f}/s; streamer serve at-least-once")
+        alo.append(e2e_run(bootstrap, src, n, want, False, settings, args.partitions, timeout))
+        log(f"{label}: alo {alo[-1]['per_s']:,.0f}/s")
+    med = statistics.median
+    bare_r, eos_r, alo_r = (med(x["per_s"] for x in runs) for runs in (bare, eos, alo))
+    rate = args.latency_rate or eos_r / 2
+    if args.no_latency:
+        lat = {"p50_latency_ms": None, "p99_latency_ms": None, "rate_per_s": None}
+    else:
+        log(f"{label}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f}s")
+        lat = latency_run(bootstrap, args.streams, rate, args.latency_seconds, chunk, args.forecast_every,
+                          settings, args.partitions, timeout)
+    return {
+        "bare_consume_per_s": bare_r,
+        "e2e_per_s": alo_r,
+        "e2e_eos_per_s": eos_r,
+        "p50_latency_ms": lat["p50_latency_ms"],
+        "p99_latency_ms": lat["p99_latency_ms"],
+        "e2e_over_bare": alo_r / bare_r,
+        "eos_over_bare": eos_r / bare_r,
+        "eos_slowdown": 1 - eos_r / alo_r,
+        "readings": n,
+        "records": produced["records"],
+        "produce_per_s": n / produced["produce_s"],
+        "input_bytes": produced["bytes"],
+        "e2e_incl_startup_per_s": med(x["incl_startup_per_s"] for x in alo),
+        "e2e_eos_incl_startup_per_s": med(x["incl_startup_per_s"] for x in eos),
+        "startup_s": med(x["startup_s"] for x in alo),
+        "eos_startup_s": med(x["startup_s"] for x in eos),
+        "runs": {"bare": [x["per_s"] for x in bare], "e2e": [x["per_s"] for x in alo],
+                 "e2e_eos": [x["per_s"] for x in eos], "window": [x["window"] for x in alo + eos],
+                 "e2e_ready_to_last": [x["ready_to_last_per_s"] for x in alo],
+                 "e2e_eos_ready_to_last": [x["ready_to_last_per_s"] for x in eos]},
+        "daemon_eos": eos[-1]["daemon"],
+        "daemon_alo": alo[-1]["daemon"],
+        "latency": lat,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    def version(pkg: str) -> str | None:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": version("torch"), "kafka_python": version("kafka-python"),
+            "crc32c": importlib.util.find_spec("crc32c") is not None, "loadavg_start": os.getloadavg()}
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [("bare consume + json.loads", "bare_consume_per_s", "{:>12,.0f}/s"),
+            ("serve at-least-once", "e2e_per_s", "{:>12,.0f}/s"),
+            ("serve exactly-once", "e2e_eos_per_s", "{:>12,.0f}/s"),
+            ("  incl. start-up (alo)", "e2e_incl_startup_per_s", "{:>12,.0f}/s"),
+            ("  incl. start-up (eos)", "e2e_eos_incl_startup_per_s", "{:>12,.0f}/s"),
+            ("e2e / bare (target >= 0.70)", "e2e_over_bare", "{:>14.2f}"),
+            ("eos slowdown (target <= 0.15)", "eos_slowdown", "{:>14.2f}"),
+            ("latency p50 ms", "p50_latency_ms", "{:>14.0f}"),
+            ("latency p99 ms (target <= 500)", "p99_latency_ms", "{:>14.0f}")]
+    shapes = [(name, r) for name, r in (("single", result), ("chunks32", result.get("chunks32")))
+              if r and "e2e_per_s" in r]
+    lines = [f"{'':34}" + "".join(f"{name:>16}" for name, _ in shapes)]
+    for label, key, fmt in rows:
+        cells = (fmt.format(r[key]) if r.get(key) is not None else "-" for _, r in shapes)
+        lines.append(f"{label:34}" + "".join(f"{c:>16}" for c in cells))
+    lat = [f"{name}: {r['latency']['rate_per_s']:,.0f}/s" for name, r in shapes if r["latency"]["rate_per_s"]]
+    if lat:
+        lines.append(f"latency measured at (readings/s): {', '.join(lat)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print a table (and one JSON object on the last line with --json)."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N=50k readings, 10 s latency runs; under 3 minutes")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ap.add_argument("--bootstrap", help="HOST:PORT of an existing broker (default: start the local one)")
+    ap.add_argument("--streams", type=int, default=1000, help="S, distinct stream ids (default 1000)")
+    ap.add_argument("--readings", type=int, default=None, help="N, readings per input shape (200k; 50k --quick)")
+    ap.add_argument("--partitions", type=int, default=1, help="partitions of the input topics (default 1)")
+    ap.add_argument("--hidden", type=int, default=32, help="STREAMER_MODEL__HIDDEN")
+    ap.add_argument("--family", default="gru", choices=["rnn", "lstm", "gru"], help="STREAMER_MODEL__FAMILY")
+    ap.add_argument("--forecast-every", type=int, default=1, help="STREAMER_OUTPUT__FORECAST_EVERY")
+    ap.add_argument("--commit-interval-ms", type=int, default=100, help="STREAMER_KAFKA__COMMIT_INTERVAL_MS")
+    ap.add_argument("--max-batch-readings", type=int, default=5000, help="STREAMER_ENGINE__MAX_BATCH_READINGS")
+    ap.add_argument("--repeat", type=int, default=1, help="repeat (a)-(c) this often; medians reported")
+    ap.add_argument("--latency-seconds", type=float, default=None, help="paced run length (30 s; 10 s --quick)")
+    ap.add_argument("--latency-rate", type=float, default=None,
+                    help="readings/s of the latency run (default: half the measured exactly-once rate)")
+    ap.add_argument("--shapes", default="single,chunks32",
+                    help="input shapes to measure, comma-separated: single, chunks32 (default both)")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency runs (d)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="give up on one measurement after this long")
+    args = ap.parse_args(argv)
+    args.readings = args.readings or (50_000 if args.quick else 200_000)
+    args.latency_seconds = args.latency_seconds or (10.0 if args.quick else 30.0)
+    settings = {"STREAMER_MODEL__FAMILY": args.family, "STREAMER_MODEL__HIDDEN": str(args.hidden),
+                "STREAMER_OUTPUT__FORECAST_EVERY": str(args.forecast_every),
+                "STREAMER_KAFKA__COMMIT_INTERVAL_MS": str(args.commit_interval_ms),
+                "STREAMER_ENGINE__MAX_BATCH_READINGS": str(args.max_batch_readings)}
+    started = time.perf_counter()
+    info = machine_info()
+    broker = None if args.bootstrap else LocalKafka()
+    try:
+        if broker is not None:
+            t0 = time.monotonic()
+            broker.up()
+            log(f"broker on {broker.bootstrap} started in {time.monotonic() - t0:.1f}s")
+        bootstrap = args.bootstrap or broker.bootstrap
+        run = uuid.uuid4().hex[:8]
+        shapes = {name: size for name, size in (("single", 1), ("chunks32", CHUNK)) if name in args.shapes.split(",")}
+        if not shapes:
+            ap.error("--shapes names none of: single, chunks32")
+        inputs = {}
+        for name, chunk in shapes.items():  # all input first, so production never competes with a measurement
+            topic = f"e2e-in-{name}-{run}"
+            create_topics(bootstrap, [topic], args.partitions)
+            inputs[name] = (topic, produce_input(bootstrap, topic, args.readings, args.streams, chunk))
+            log(f"produced {inputs[name][1]['records']:,} records ({inputs[name][1]['readings']:,} readings) into "
+                f"{topic} at {inputs[name][1]['readings'] / inputs[name][1]['produce_s']:,.0f} readings/s")
+        results = {name: measure_shape(args, bootstrap, topic, produced, shapes[name], settings)
+                   for name, (topic, produced) in inputs.items()}
+    finally:
+        if broker is not None:
+            broker.down()
+    info["loadavg_end"] = os.getloadavg()
+    out: dict[str, Any] = dict(results.get("single", {}))
+    if "chunks32" in results:
+        out["chunks32"] = results["chunks32"]
+    out.update(streams=args.streams, readings=args.readings, partitions=args.partitions, quick=args.quick,
+               repeat=args.repeat, machine=info,
+               settings={"family": args.family, "hidden": args.hidden, "commit_interval_ms": args.commit_interval_ms,
+                         "max_batch_readings": args.max_batch_readings, "forecast_every": args.forecast_every,
+                         "latency_seconds": args.latency_seconds, "device": "cpu"},
+               targets={"e2e_over_bare_min": 0.7, "eos_slowdown_max": 0.15, "p99_latency_ms_max": 500},
+               wall_s=time.perf_counter() - started)
+    print(f"streamer end to end: {args.streams} streams, {args.readings:,} readings per shape, "
+          f"{info['cpu_count']} CPUs, load {info['loadavg_start'][0]:.1f} -> {info['loadavg_end'][0]:.1f}, "
+          f"{out['wall_s']:.0f}s")
+    print(table(out))
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

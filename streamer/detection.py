@@ -1,0 +1,94 @@
+"""What the daemon derives from each engine step besides forecasts: anomaly alerts and events, per stream.
+
+The detectors' state of a stream lives in its state-store extras (so it is in every changelog snapshot,
+survives restarts and moves with its partition). This module only turns engine results into messages;
+the service publishes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamer.detectors.events import HysteresisEvents, SilenceDetector
+from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
+from streamer.engine import StepResults
+from streamer.state import StateStore
+
+# The daemon keeps a short Telemanom window: its smoothed errors are part of every snapshot it commits.
+SERVING_PIPELINE = PipelineConfig(dt_window=120, dt_every=30)
+
+
+@dataclass
+class Messages:
+    """Alerts and events of one step, in time order per stream."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StreamDetectors:
+    """Anomaly scoring with alert lifecycle on one-step forecasts, event onsets/offsets, silent streams."""
+
+    def __init__(self, n_features: int, heads: tuple[str, ...], model: str, version: str, anomalies: bool = True,
+                 event_on: float = 0.6, event_off: float = 0.4, event_min_run: int = 3,
+                 silent_after_ms: int | None = None, channel_names: list[str] | None = None) -> None:
+        self.anomalies = AnomalyPipeline(n_features, SERVING_PIPELINE, model=model, version=version,
+                                         channel_names=channel_names) if anomalies else None
+        self.events = (HysteresisEvents(event_on, event_off, event_min_run, event_min_run)
+                       if "event" in heads else None)
+        self.silence = SilenceDetector(silent_after_ms) if silent_after_ms else None
+        self.forecast_head = "forecast" if "forecast" in heads else "reconstruction"
+
+    @property
+    def active(self) -> bool:
+        """Whether any detector runs (otherwise the service skips this stage)."""
+        return any(d is not None for d in (self.anomalies, self.events, self.silence))
+
+    def step(self, results: StepResults, store: StateStore) -> Messages:
+        """Messages for the readings of one engine step; updates each stream's detector state in its extras."""
+        out = Messages()
+        x = results.values  # the normalised readings the model saw
+        y = results.outputs[self.forecast_head]
+        one_step = y[:, 0, :] if y.ndim == 3 else y
+        probs = None
+        if self.events is not None:
+            logits = results.outputs["event"]
+            probs = 1.0 / (1.0 + np.exp(-logits.reshape(logits.shape[0], -1)[:, 0]))
+        offsets = results.offsets.tolist()
+        for i, stream in enumerate(results.streams):
+            a, b = offsets[i], offsets[i + 1]
+            ts = results.ts[a:b]
+            extra = store.get_extra(stream) or {}
+            if self.anomalies is not None:
+                st = extra.get("anomaly") or self.anomalies.init_state()
+                scored = self.anomalies.score(st, ts, x[a:b], one_step[a:b], stream=stream)
+                out.alerts.extend(scored["alerts"])
+                extra["anomaly"] = st
+            if self.events is not None:
+                st = extra.get("event") or self.events.init_state()
+                out.events.extend(self.events.step(st, ts, probs[a:b], stream=stream))
+                extra["event"] = st
+            if self.silence is not None:
+                st = extra.get("silence") or self.silence.init_state()
+                out.events.extend(self.silence.step(st, ts, stream=stream))
+                extra["silence"] = st
+            store.set_extra(stream, extra)
+        return out
+
+    def check_silence(self, store: StateStore, now_ms: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """'silent' events of resident streams without readings for the timeout; (events, changed streams)."""
+        if self.silence is None:
+            return [], []
+        events, changed = [], []
+        for stream in store.streams():
+            extra = store.get_extra(stream)
+            if not extra or "silence" not in extra:
+                continue
+            found = self.silence.check(extra["silence"], now_ms, stream=stream)
+            if found:
+                events.extend(found)
+                changed.append(stream)
+        return events, changed

@@ -1,0 +1,67 @@
+"""The local development broker (deploy/local-kafka/kafka.sh) driven from Python, for tests and benchmarks.
+
+It runs a real single-node Kafka (KRaft) on free loopback ports with its own data folder; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+KAFKA_SH = Path(__file__).resolve().parents[1] / "deploy" / "local-kafka" / "kafka.sh"
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 are both free on 127.0.0.1 (broker and controller listeners)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports on 127.0.0.1")
+
+
+class LocalKafka:
+    """One broker on a free port pair: up (fresh), stop and start (a restart on kept data), down (wiped)."""
+
+    def __init__(self, data_dir: str | os.PathLike | None = None) -> None:
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamer-kafka-")) / "kafka"
+        self.port = free_port_pair()
+        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_DATA_DIR=str(self.data_dir))
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def run(self, command: str) -> subprocess.CompletedProcess:
+        """Run `kafka.sh COMMAND` for this broker; the caller checks returncode (stderr says why)."""
+        return subprocess.run(["bash", str(KAFKA_SH), command], env=self.env, capture_output=True, text=True)
+
+    def _checked(self, command: str) -> None:
+        proc = self.run(command)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kafka.sh {command} failed:\n{proc.stderr[-4000:]}")
+
+    def up(self) -> str:
+        """Start a fresh broker; its bootstrap address."""
+        self._checked("up")
+        return self.bootstrap
+
+    def stop(self) -> None:
+        """Stop the broker, keeping its data."""
+        self._checked("stop")
+
+    def start(self) -> None:
+        """Start the stopped broker again on its kept data."""
+        self._checked("start")
+
+    def down(self) -> None:
+        """Stop the broker and delete its data."""
+        self.run("down")

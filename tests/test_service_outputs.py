@@ -1,0 +1,155 @@
+"""Alerts and events published by a running service on the real broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import numpy as np
+import torch
+from kafka import KafkaProducer
+
+from streamer.config import load_settings
+from streamer.models import ModelConfig, build_model
+from streamer.service import Service
+from tests.helpers import collect
+
+T0 = 1_700_000_000_000
+
+
+def _settings(bootstrap, src, topics: dict[str, str], **output):
+    run = uuid.uuid4().hex[:8]
+    return load_settings(
+        kafka={"bootstrap_servers": bootstrap, "input_topics": [src], "forecast_topic": topics["forecast"],
+               "alert_topic": topics["alert"], "event_topic": topics["event"], "dead_letter_topic": topics["dead"],
+               "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
+        model={"family": "gru", "n_features": 1, "hidden": 8, "seed": 3},
+        engine={"device": "cpu", "max_wait_ms": 50},
+        output=output,
+        metrics={"port": 0},
+    )
+
+
+def _topics(new_topic) -> dict[str, str]:
+    return {k: new_topic(k) for k in ("forecast", "alert", "event", "dead")}
+
+
+def _run(settings, model=None) -> tuple[Service, threading.Thread]:
+    service = Service(settings, model=model)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    return service, thread
+
+
+def _send(bootstrap, topic, stream, values, start=0):
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+    for i, v in enumerate(values):
+        body = {"stream": stream, "ts": T0 + 60_000 * (start + i), "values": [float(v)]}
+        producer.send(topic, key=stream.encode(), value=json.dumps(body).encode())
+    producer.close()
+
+
+def test_a_spike_fires_one_alert_that_resolves(kafka_bootstrap, new_topic):
+    src, topics = new_topic("readings"), _topics(new_topic)
+    service, thread = _run(_settings(kafka_bootstrap, src, topics))
+    rng = np.random.default_rng(0)
+    values = np.sin(np.arange(900) / 10) + 0.05 * rng.normal(size=900)
+    values[600:604] += 25.0  # a spike well after the detectors' warm-up
+    try:
+        _send(kafka_bootstrap, src, "pump-1", values)
+        got = collect(kafka_bootstrap, [topics["forecast"], topics["alert"]], 900 + 2, timeout=90)
+        time.sleep(1)
+        alerts = collect(kafka_bootstrap, [topics["alert"]], 10_000, timeout=3)[topics["alert"]]
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+    assert len(got[topics["forecast"]]) == 900
+    firing = [a for a in alerts if a["state"] == "firing"]
+    assert len(firing) == 1, alerts
+    a = firing[0]
+    assert T0 + 60_000 * 600 <= a["start_ts"] <= T0 + 60_000 * 606
+    assert a["id"] == f"pump-1:anomaly:{a['start_ts']}" and a["severity"] in ("warning", "critical")
+    assert a["model"] == service.served.name and a["version"] == service.served.version
+    resolved = [x for x in alerts if x["state"] == "resolved"]
+    assert [x["id"] for x in resolved] == [a["id"]] and resolved[0]["end_ts"] > a["start_ts"]
+    assert service.metrics.alerts_firing._value.get() == 0
+
+
+def _switch_model() -> torch.nn.Module:
+    """One tanh unit that follows the input, and an event head that is on when the reading is positive."""
+    model = build_model(ModelConfig(family="rnn", n_features=1, hidden=1, heads=("forecast", "event"), horizon=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.rnn.weight_ih_l0.fill_(5.0)
+        model.heads["event"].weight.fill_(10.0)
+    return model.eval()
+
+
+def test_event_head_onsets_and_offsets_and_silence(kafka_bootstrap, new_topic):
+    src, topics = new_topic("readings"), _topics(new_topic)
+    settings = _settings(kafka_bootstrap, src, topics, anomalies=False, silent_after_s=2.0)
+    service, thread = _run(settings, model=_switch_model())
+    values = [-1.0] * 20 + [1.0] * 30 + [-1.0] * 20
+    try:
+        _send(kafka_bootstrap, src, "door", values)
+        events = collect(kafka_bootstrap, [topics["event"]], 3, timeout=60)[topics["event"]]
+        _send(kafka_bootstrap, src, "door", [-1.0], start=len(values))  # back after the silence
+        events = collect(kafka_bootstrap, [topics["event"]], 4, timeout=30)[topics["event"]]
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+    kinds = [(e["kind"], e["type"]) for e in events]
+    assert kinds == [("event", "onset"), ("event", "offset"), ("silence", "onset"), ("silence", "offset")], events
+    onset, offset = events[0], events[1]
+    assert onset["start"] == T0 + 60_000 * 20 and offset["end"] == T0 + 60_000 * 50
+    assert onset["confidence"] > 0.9 and events[2]["start"] == T0 + 60_000 * (len(values) - 1)
+
+
+def _save(directory, hidden: int, seed: int, mean: float = 10.0, std: float = 2.0) -> None:
+    from training.checkpoints import save
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(family="gru", n_features=1, hidden=hidden, heads=("forecast",), horizon=2))
+    save(directory, model, {"features": {"numeric": ["level"]}, "normalization": {"mean": [mean], "std": [std]},
+                            "horizon": 2, "name": "pump-forecaster"})
+
+
+def test_checkpoint_is_served_and_hot_reloaded(kafka_bootstrap, new_topic, tmp_path):
+    src, topics = new_topic("readings"), _topics(new_topic)
+    ckpt = tmp_path / "model"
+    _save(ckpt, hidden=8, seed=1)
+    settings = _settings(kafka_bootstrap, src, topics, anomalies=False).model_copy(deep=True)
+    settings.model.checkpoint = str(ckpt)
+    settings.model.reload_interval_s = 0.2
+    service, thread = _run(settings)
+    fc = topics["forecast"]
+    try:
+        first_version = service.served.version
+        _send(kafka_bootstrap, src, "p", [10.0, 11.0, 12.0])
+        got = collect(kafka_bootstrap, [fc], 3, timeout=60)[fc]
+        _save(ckpt, hidden=8, seed=2)  # same architecture: states are kept
+        deadline = time.monotonic() + 20
+        while service.served.version == first_version and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second_version = service.served.version
+        _send(kafka_bootstrap, src, "p", [13.0, 14.0], start=3)
+        got = collect(kafka_bootstrap, [fc], 5, timeout=60)[fc]
+        _save(ckpt, hidden=4, seed=3)  # another architecture: states start afresh
+        while service.served.version == second_version and time.monotonic() < deadline + 20:
+            time.sleep(0.1)
+        _send(kafka_bootstrap, src, "p", [15.0], start=5)
+        got = collect(kafka_bootstrap, [fc], 6, timeout=60)[fc]
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+    assert first_version != second_version != service.served.version
+    assert [o["version"] for o in got] == [first_version] * 3 + [second_version] * 2 + [service.served.version]
+    assert [o["n"] for o in got] == [1, 2, 3, 4, 5, 1]
+    assert {o["model"] for o in got} == {"pump-forecaster"}
+    assert all(len(o["forecast"]) == 2 for o in got)  # two steps ahead, in the input's units
+    one = got[0]["forecast"][0][0]
+    assert 4.0 < one < 16.0  # de-normalised around the training mean of 10 (std 2), not around 0
+    assert service.stats.reloads == 2
