@@ -46,7 +46,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap or settings.kafka.bootstrap_servers})
-    series = [load_series(Path(p))[:3] for p in args.files]
+    series = [load_series(Path(p), start_ms=args.start_ms, step_ms=args.step_ms)[:3] for p in args.files]
     total = sum(len(ts) for _, ts, _ in series)
     producer = make_producer(kafka, None)
     with tqdm(total=total, unit="reading", disable=args.quiet) as bar:
@@ -87,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Consume readings, step per-stream state, publish outputs; stop on SIGTERM.")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("replay", help="produce CSV series into a topic",
-                       description="Each CSV is one stream (timestamp column, then channels); readings are "
-                                   "merged in time order and keyed by stream id (the file name).")
-    p.add_argument("files", nargs="+", help="CSV files, one stream each")
+    p = sub.add_parser("replay", help="produce CSV or NumPy series into a topic",
+                       description="Each file is one stream: a CSV (timestamp column, then channels) or a .npy "
+                                   "array [n, channels] stamped --start-ms + i * --step-ms; readings are merged "
+                                   "in time order and keyed by stream id (the file name).")
+    p.add_argument("files", nargs="+", help="CSV or .npy files, one stream each")
+    p.add_argument("--start-ms", type=int, default=1_420_070_400_000, help=".npy files: first timestamp (ms)")
+    p.add_argument("--step-ms", type=int, default=60_000, help=".npy files: milliseconds between rows")
     p.add_argument("--topic", required=True, help="topic to produce into")
     p.add_argument("--rate", type=float, default=0.0, help="readings per second (0: as fast as possible)")
     p.add_argument("--chunk", type=int, default=1, help="readings per record (1: single readings)")

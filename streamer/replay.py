@@ -25,8 +25,15 @@ def _parse_ts(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def load_series(path: Path, stream: str | None = None) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
-    """Read a one-stream CSV (timestamp column first, numeric channels after): (stream, ts, values, channels)."""
+def load_series(path: Path, stream: str | None = None, start_ms: int = 1_420_070_400_000,
+                step_ms: int = 60_000) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
+    """Read one stream: a CSV (timestamp column first, numeric channels after) or a NumPy .npy array [n, F]
+    (rows stamped start_ms + i * step_ms, as the SMAP arrays carry no time); (stream, ts, values, channels)."""
+    if Path(path).suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)  # never unpickle: a data file must not run code
+        arr = arr.reshape(len(arr), -1).astype(np.float32)
+        ts = start_ms + step_ms * np.arange(len(arr), dtype=np.int64)
+        return stream or Path(path).stem, ts, arr, [f"c{i}" for i in range(arr.shape[1])]
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], [r for r in rows[1:] if r]
