@@ -75,3 +75,19 @@ def test_wrong_setting_names_the_variable(monkeypatch):
 def test_readme_configuration_reference_is_generated_from_settings():
     readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert settings_markdown() in readme, "README's settings table drifted: paste `streamer settings` output"
+
+
+def test_security_settings_reach_the_clients_and_secrets_are_masked():
+    from streamer.transport import common_config
+
+    s = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                             "sasl_username": "svc", "sasl_password": "s3cret", "ssl_cafile": "/etc/ca.pem"})
+    cfg = common_config(s.kafka)
+    assert cfg["security_protocol"] == "SASL_SSL" and cfg["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert cfg["sasl_plain_username"] == "svc" and cfg["sasl_plain_password"] == "s3cret"
+    assert cfg["ssl_cafile"] == "/etc/ca.pem"
+    assert "s3cret" not in json.dumps(s.masked()) and "s3cret" not in repr(s)
+    plain = common_config(load_settings().kafka)
+    assert plain["security_protocol"] == "PLAINTEXT" and "sasl_plain_password" not in plain
+    with pytest.raises(ConfigError, match="STREAMER_KAFKA__SASL_USERNAME"):
+        load_settings(kafka={"security_protocol": "SASL_PLAINTEXT"})

@@ -153,3 +153,26 @@ def test_checkpoint_is_served_and_hot_reloaded(kafka_bootstrap, new_topic, tmp_p
     one = got[0]["forecast"][0][0]
     assert 4.0 < one < 16.0  # de-normalised around the training mean of 10 (std 2), not around 0
     assert service.stats.reloads == 2
+
+
+def test_input_topics_by_pattern(kafka_bootstrap, new_topic):
+    run = uuid.uuid4().hex[:6]
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    names = [f"plant{run}-{i}" for i in range(2)]
+    admin.create_topics({n: {"num_partitions": 2, "replication_factor": 1} for n in names}, wait_for_metadata=True)
+    admin.close()
+    topics = _topics(new_topic)
+    settings = _settings(kafka_bootstrap, names[0], topics, anomalies=False).model_copy(deep=True)
+    settings.kafka.input_pattern = f"plant{run}-.*"
+    service, thread = _run(settings)
+    try:
+        _send(kafka_bootstrap, names[0], "a", [1.0, 2.0])
+        _send(kafka_bootstrap, names[1], "b", [3.0])
+        got = collect(kafka_bootstrap, [topics["forecast"]], 3, timeout=60)[topics["forecast"]]
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+    assert sorted((o["stream"], o["n"]) for o in got) == [("a", 1), ("a", 2), ("b", 1)]
+    assert service.input_topics() == names
