@@ -34,11 +34,16 @@ def free_port_pair() -> int:
 class LocalKafka:
     """One broker on a free port pair: up (fresh), stop and start (a restart on kept data), down (wiped)."""
 
-    def __init__(self, data_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike | None = None, sasl_password: str | None = None) -> None:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamer-kafka-")) / "kafka"
         self.port = free_port_pair()
         self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_DATA_DIR=str(self.data_dir))
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.sasl_bootstrap: str | None = None
+        if sasl_password is not None:  # a SASL_PLAINTEXT listener too: PLAIN and SCRAM, user "streamer"
+            sasl_port = next(p for p in iter(free_port_pair, None) if p not in (self.port, self.port + 1))
+            self.env.update(KAFKA_SASL_PORT=str(sasl_port), KAFKA_SASL_PASSWORD=sasl_password)
+            self.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
 
     def run(self, command: str) -> subprocess.CompletedProcess:
         """Run `kafka.sh COMMAND` for this broker; the caller checks returncode (stderr says why)."""

@@ -6,7 +6,9 @@
 #   stop: stop it and keep its data; start: start it again on the kept data (a broker restart).
 # Environment: KAFKA_PORT (default 19092; the controller takes KAFKA_PORT+1),
 #              KAFKA_DATA_DIR (default ${TMPDIR:-/tmp}/streamer-kafka-$KAFKA_PORT),
-#              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90).
+#              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90),
+#              KAFKA_SASL_PORT (optional): a SASL_PLAINTEXT listener there with PLAIN and
+#              SCRAM-SHA-256/512, user "streamer", password from KAFKA_SASL_PASSWORD (default streamer-secret).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,17 +42,28 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+sasl_port="${KAFKA_SASL_PORT:-}"
+sasl_password="${KAFKA_SASL_PASSWORD:-streamer-secret}"
+
 write_config() {
   mkdir -p "$data/logs"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port"
+  local advertised="PLAINTEXT://127.0.0.1:$port"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [ -n "$sasl_port" ]; then
+    listeners="$listeners,SASL_PLAINTEXT://127.0.0.1:$sasl_port"
+    advertised="$advertised,SASL_PLAINTEXT://127.0.0.1:$sasl_port"
+    protocols="$protocols,SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
   cat > "$data/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$data/kraft-logs
 num.partitions=1
 # One broker: every internal topic has one replica and one in-sync replica, or
@@ -70,6 +83,15 @@ transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 log.cleaner.dedupe.buffer.size=4194304
 log.cleaner.backoff.ms=1000
 PROPS
+  if [ -n "$sasl_port" ]; then
+    # PLAIN users live in the JAAS line; SCRAM credentials are written into the metadata log at format time.
+    cat >> "$data/server.properties" <<PROPS
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_streamer="$sasl_password";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+  fi
 }
 
 up() {
@@ -86,6 +108,8 @@ up() {
   cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
   java -cp "$jars/*" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data/logs" \
     kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$data/server.properties" \
+    ${sasl_port:+--add-scram "SCRAM-SHA-256=[name=streamer,password=$sasl_password]"} \
+    ${sasl_port:+--add-scram "SCRAM-SHA-512=[name=streamer,password=$sasl_password]"} \
     > "$data/logs/format.log" 2>&1 || { cat "$data/logs/format.log" >&2; die "storage format failed"; }
   launch
 }
