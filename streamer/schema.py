@@ -6,7 +6,8 @@ Decoding turns bytes into arrays ready for the engine, or raises InvalidRecord w
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -120,6 +121,19 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         if ts[-1] > ts_range[1]:
             raise InvalidRecord("ts_in_future", f"timestamp {ts[-1]} is after {ts_range[1]}")
     return msg.stream, ts, rows
+
+
+def json_safe(v: Any) -> Any:
+    """Plain JSON data: non-finite floats become None (JSON has no NaN), numpy scalars Python numbers."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def encode(obj: dict) -> bytes:

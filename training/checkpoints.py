@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from streamer.errors import CheckpointError, ConfigError
 from streamer.models import ModelConfig, RecurrentModel, build_model
+from streamer.schema import json_safe
 
 FORMAT = "streamer-checkpoint"
 FORMAT_VERSION = 1
@@ -43,19 +44,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _json_safe(v: Any) -> Any:
-    """Non-finite floats become None (JSON has no NaN); numpy scalars become Python numbers."""
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
-
-
 def save(directory: str | Path, model: RecurrentModel, meta: dict[str, Any]) -> Path:
     """Write DIR/model.safetensors and DIR/meta.json atomically (temp dir, then os.replace); returns DIR."""
     directory = Path(directory)
@@ -72,7 +60,7 @@ def save(directory: str | Path, model: RecurrentModel, meta: dict[str, Any]) -> 
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         full["weights_sha256"] = _sha256(tmp / WEIGHTS)
         with open(tmp / META, "w") as f:
-            json.dump(_json_safe(full), f, indent=2, sort_keys=True, allow_nan=False)
+            json.dump(json_safe(full), f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

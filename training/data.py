@@ -14,6 +14,9 @@ import numpy as np
 from streamer.errors import ConfigError
 
 DERIVED = {"@hour": 24, "@weekday": 7}  # categorical inputs computed from the timestamp
+# numeric inputs computed from the timestamp (local wall-clock time as written in the file): the minute of the
+# day and the day of the week on the unit circle; a reading's own timestamp only, so they never look ahead
+DERIVED_NUMERIC = ("@tod_sin", "@tod_cos", "@dow_sin", "@dow_cos", "@weekend")
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,27 @@ def _derived(name: str, ts: np.ndarray) -> np.ndarray:
     return (secs // 86400 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
 
 
+def derived_numeric(name: str, ts: np.ndarray) -> np.ndarray:
+    """A numeric input computed from timestamps (ms): see DERIVED_NUMERIC."""
+    secs = np.asarray(ts, dtype=np.int64) // 1000
+    if name in ("@tod_sin", "@tod_cos"):
+        ang = 2 * np.pi * ((secs % 86400) / 86400.0)
+        return np.sin(ang) if name == "@tod_sin" else np.cos(ang)
+    day = (secs // 86400 + 3) % 7  # Monday = 0
+    if name in ("@dow_sin", "@dow_cos"):
+        ang = 2 * np.pi * ((day + (secs % 86400) / 86400.0) / 7.0)
+        return np.sin(ang) if name == "@dow_sin" else np.cos(ang)
+    if name == "@weekend":
+        return (day >= 5).astype(np.float64)
+    raise ConfigError(f"unknown derived input {name!r} (known: {list(DERIVED_NUMERIC)})")
+
+
 def _columns(path: Path, header: list[str], rows: list[list[str]], spec: FeatureSpec, time_column: str | None,
              name: str) -> Series:
     col = {h: i for i, h in enumerate(header)}
     tcol = time_column or header[0]
-    needed = [tcol, *spec.numeric, *(c for c, _ in spec.categorical if c not in DERIVED)]
+    needed = [tcol, *(c for c in spec.numeric if c not in DERIVED_NUMERIC),
+              *(c for c, _ in spec.categorical if c not in DERIVED)]
     if spec.label:
         needed.append(spec.label)
     missing = [c for c in needed if c not in col]
@@ -136,10 +155,14 @@ def _columns(path: Path, header: list[str], rows: list[list[str]], spec: Feature
         raise ConfigError(f"{path}: columns {missing} not in header {header}")
     ts = np.array([_parse_time(r[col[tcol]]) for r in rows], dtype=np.int64)
     try:
-        values = np.array([[float(r[col[c]]) for c in spec.numeric] for r in rows], dtype=np.float64)
+        values = np.array([[0.0 if c in DERIVED_NUMERIC else float(r[col[c]]) for c in spec.numeric] for r in rows],
+                          dtype=np.float64)
     except ValueError as exc:
         raise ConfigError(f"{path}: non-numeric value in {list(spec.numeric)}: {exc}") from exc
     values = values.reshape(len(rows), len(spec.numeric))
+    for j, c in enumerate(spec.numeric):
+        if c in DERIVED_NUMERIC:
+            values[:, j] = derived_numeric(c, ts)
     cat = None
     if spec.categorical:
         parts = []

@@ -43,6 +43,8 @@ class TrainConfig:
     orthogonal_init: bool = True
     loss: str = "mse"  # forecast/reconstruction: mse or mae
     pos_weight: float | str = "auto"  # event BCE weight of positives ("auto": negatives / positives)
+    transition_weight: float = 0.0  # event BCE: extra weight of steps within transition_window of a label change
+    transition_window: int = 2
     patience: int = 5
     lr_schedule: str = "plateau"  # plateau, cosine or none
     lr_factor: float = 0.5
@@ -94,8 +96,15 @@ def masked_mean(err: Tensor, mask: Tensor) -> Tensor:
 class Targets:
     """Builds per-batch targets and validity masks for a task from the prepared streams."""
 
-    def __init__(self, task: str, streams: list[Stream], horizon: int, device: torch.device) -> None:
+    def __init__(self, task: str, streams: list[Stream], horizon: int, device: torch.device,
+                 transition_weight: float = 0.0, transition_window: int = 2) -> None:
         self.task, self.streams, self.horizon, self.device = task, streams, horizon, device
+        # per-step loss weights (events only): 1, plus transition_weight near a change of the label
+        self.step_weights: list[np.ndarray] | None = None
+        self.last_weight: Tensor | None = None
+        if task == "event" and transition_weight > 0:
+            self.step_weights = [transition_weights(s.labels, transition_weight, transition_window)
+                                 for s in streams]
 
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
         """(x [B,T,F], target, categorical or None, mask [B,T]) for one batch; padding is zero-filled."""
@@ -112,6 +121,7 @@ class Targets:
             y = np.zeros((b, t, f), dtype=np.float32)
         else:
             y = np.zeros((b, t), dtype=np.float32 if self.task == "event" else np.int64)
+        w = np.ones((b, t), dtype=np.float32) if self.step_weights is not None else None
         for r in range(b):
             n = int(batch.lengths[r])
             if batch.stream[r] < 0 or n == 0:
@@ -119,6 +129,8 @@ class Targets:
             s = self.streams[int(batch.stream[r])]
             ts = batch.t[r, :n]
             x[r, :n] = s.x[ts]
+            if w is not None:
+                w[r, :n] = self.step_weights[int(batch.stream[r])][ts]
             if cat is not None:
                 cat[r, :n] = s.cat[ts]
             if self.task == "forecast":
@@ -135,12 +147,22 @@ class Targets:
                 mask[r, :n] &= ok
                 y[r, : int(ok.sum())] = s.labels[ts[ok] + 1]
         dev = self.device
+        self.last_weight = None if w is None else torch.from_numpy(w).to(dev)
         return (torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev),
                 None if cat is None else torch.from_numpy(cat).to(dev), torch.from_numpy(mask).to(dev))
 
 
+def transition_weights(labels: np.ndarray, extra: float, window: int) -> np.ndarray:
+    """1 + extra at steps within `window` steps of a label change (either side), else 1; float32 [T]."""
+    lab = (np.asarray(labels) >= 0.5).astype(np.int8)
+    w = np.ones(lab.shape[0], dtype=np.float32)
+    for c in (np.flatnonzero(np.diff(lab) != 0) + 1).tolist():
+        w[max(0, c - window) : c + window + 1] = 1.0 + extra
+    return w
+
+
 def task_loss(task: str, outputs: dict[str, Tensor], y: Tensor, mask: Tensor, loss: str = "mse",
-              pos_weight: float | None = None) -> Tensor:
+              pos_weight: float | None = None, weight: Tensor | None = None) -> Tensor:
     """Masked loss: MSE/MAE for forecast and reconstruction, weighted BCE for events, cross-entropy for symbols."""
     if task in ("forecast", "reconstruction"):
         m = mask.reshape(*mask.shape, *([1] * (y.dim() - mask.dim())))
@@ -154,6 +176,8 @@ def task_loss(task: str, outputs: dict[str, Tensor], y: Tensor, mask: Tensor, lo
         safe = torch.where(mask, logits, torch.zeros_like(logits))
         per = F.binary_cross_entropy_with_logits(safe, torch.where(mask, y, torch.zeros_like(y)), reduction="none",
                                                  pos_weight=pw)
+        if weight is not None:
+            per = per * weight
         return masked_mean(per, mask)
     logits = outputs["symbol"]
     per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.where(mask, y, 0).reshape(-1),
@@ -209,7 +233,7 @@ class Trainer:
         self.state = {n: s.detach() for n, s in new_state.items()}
         if not bool(mask.any()):
             return float("nan"), 0.0
-        loss = task_loss(self.cfg.task, outputs, y, mask, self.cfg.loss, self.pos_weight)
+        loss = task_loss(self.cfg.task, outputs, y, mask, self.cfg.loss, self.pos_weight, targets.last_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.delay is not None:
@@ -279,7 +303,7 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
     trainer = Trainer(model, cfg, delay)
     trainer.pos_weight = auto_pos_weight(cfg, train)
     horizon = model.config.horizon
-    targets = Targets(cfg.task, train, horizon, trainer.device)
+    targets = Targets(cfg.task, train, horizon, trainer.device, cfg.transition_weight, cfg.transition_window)
     if cfg.lr_schedule == "plateau":
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(trainer.opt, factor=cfg.lr_factor, patience=1)
     elif cfg.lr_schedule == "cosine":

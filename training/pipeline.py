@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 import tomllib
 from dataclasses import asdict, fields
@@ -89,12 +90,22 @@ def _train_config(section: dict[str, Any], task: str, device: str | None, epochs
     return TrainConfig(**kw)
 
 
-def run(config_path: str | Path, out: str | Path, device: str | None = None, epochs: int | None = None,
-        progress: bool = True) -> dict[str, Any]:
-    """Train as the config says; writes OUT/checkpoint/ and OUT/report/; returns the metrics."""
+def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str | None = None,
+        epochs: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train as the config says; writes OUT/checkpoint/ and OUT/report/; returns the metrics.
+
+    config_path: a TOML file, or the same content as a dict (data paths absolute, as load_config makes them).
+    """
     t_start = time.monotonic()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    cfg = load_config(config_path)
+    if isinstance(config_path, dict):
+        cfg = copy.deepcopy(config_path)
+        config_path = cfg.pop("_source", "<dict>")
+        unknown = set(cfg) - SECTIONS
+        if unknown or "path" not in cfg.get("data", {}):
+            raise ConfigError(f"config dict: unknown sections {sorted(unknown)} or no [data] path")
+    else:
+        cfg = load_config(config_path)
     data, split, mcfg = cfg["data"], cfg.get("split", {}), dict(cfg.get("model", {}))
     spec = _spec(data)
     task = "event" if spec.label else "forecast"

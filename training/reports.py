@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+from streamer.schema import json_safe
 
 
 def write_metrics(report_dir: Path, metrics: dict[str, Any]) -> Path:
     """metrics.json (NaN and infinities written as null)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "metrics.json"
-    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(json_safe(metrics), indent=2, sort_keys=True) + "\n")
     return path
 
 
