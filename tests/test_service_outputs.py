@@ -140,7 +140,10 @@ def test_checkpoint_is_served_and_hot_reloaded(kafka_bootstrap, new_topic, tmp_p
         _save(ckpt, hidden=4, seed=3)  # another architecture: states start afresh
         while service.served.version == second_version and time.monotonic() < deadline + 20:
             time.sleep(0.1)
-        _send(kafka_bootstrap, src, "p", [15.0], start=5)
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        producer.send(src, key=b"p", value=json.dumps(  # named channels, mapped through the feature names
+            {"stream": "p", "ts": T0 + 60_000 * 5, "values": {"level": 15.0}}).encode())
+        producer.close()
         got = collect(kafka_bootstrap, [fc], 6, timeout=60)[fc]
     finally:
         service.stop()
