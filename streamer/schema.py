@@ -70,14 +70,15 @@ def _row(values: list[float] | dict[str, float], channels: tuple[str, ...] | Non
 def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None = None,
            max_bytes: int = 1_048_576, ts_range: tuple[int, int] | None = None) -> Decoded:
     """Validate one Kafka record value and return it as arrays; InvalidRecord names what is wrong."""
-    stream, ts, rows = parse(raw, n_features, channels, max_bytes, ts_range)
+    stream, ts, rows, _ = parse(raw, n_features, channels, max_bytes, ts_range)
     return Decoded(stream, np.array(ts, dtype=np.int64), np.array(rows, dtype=np.float32))
 
 
 def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None = None,
           max_bytes: int = 1_048_576, ts_range: tuple[int, int] | None = None
-          ) -> tuple[str, list[int], list[list[float]]]:
-    """Validate one record value: (stream, timestamps, rows of values) as Python lists, for batch assembly.
+          ) -> tuple[str, list[int], list[list[float]], bool]:
+    """Validate one record value: (stream, timestamps, rows of values, whether it was a chunk record), as
+    Python lists for batch assembly.
 
     `ts_range` (lowest, highest) refuses timestamps far in the past or future; a chunk's timestamps
     must strictly increase (the model steps readings in time order).
@@ -120,7 +121,7 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
             raise InvalidRecord("ts_too_old", f"timestamp {ts[0]} is before {ts_range[0]}")
         if ts[-1] > ts_range[1]:
             raise InvalidRecord("ts_in_future", f"timestamp {ts[-1]} is after {ts_range[1]}")
-    return msg.stream, ts, rows
+    return msg.stream, ts, rows, not isinstance(msg, Reading)
 
 
 def json_safe(v: Any) -> Any:

@@ -30,7 +30,7 @@ from streamer.errors import CheckpointError, ConfigError, InvalidRecord
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import ServedModel, checkpoint_signature, load_checkpoint, served_model, wrap_model
 from streamer.models import RecurrentModel
-from streamer.schema import dead_letter, encode, parse
+from streamer.schema import dead_letter, encode, json_safe, parse
 from streamer.transport import (
     Committer,
     OutRecord,
@@ -390,17 +390,18 @@ class Service:
         decoded = []
         for r in records:
             try:
-                stream, ts, rows = parse(r.value, n_features, served.channels, k.max_record_bytes, ts_range)
+                stream, ts, rows, is_chunk = parse(r.value, n_features, served.channels, k.max_record_bytes,
+                                                   ts_range)
                 if r.key is not None and r.key != stream.encode():
                     raise InvalidRecord("key_mismatch", f"key {r.key!r} differs from stream {stream!r}")
             except InvalidRecord as exc:
                 reject(r, exc.reason, exc.detail)
                 continue
-            decoded.append((r, stream, ts, rows))
+            decoded.append((r, stream, ts, rows, is_chunk))
         if not decoded:
             return
         streams = list(dict.fromkeys(d[1] for d in decoded))
-        for r, stream, _, _ in decoded:
+        for r, stream, *_ in decoded:
             self.partition_of[stream] = r.partition
         wall = time.time()
         store.slots(streams, wall)  # resident (and loaded from the cold store) before their last ts is read
@@ -409,7 +410,8 @@ class Service:
         all_ts: list[int] = []
         all_rows: list[list[float]] = []
         # Arrival order decides: a reading not after its stream's last one is refused, however polls fall.
-        for r, stream, ts, rows in decoded:
+        records_of: dict[str, list[tuple[int, bool]]] = {}  # per stream: (readings, chunk?) of each record
+        for r, stream, ts, rows, is_chunk in decoded:
             first, prev = ts[0], last[stream]
             if first <= prev:
                 kind = "duplicate" if first == prev else "late"
@@ -419,6 +421,7 @@ class Service:
                 continue
             last[stream] = ts[-1]
             accepted.append((stream, len(all_ts), len(all_ts) + len(ts)))
+            records_of.setdefault(stream, []).append((len(ts), is_chunk))
             all_ts.extend(ts)
             all_rows.extend(rows)
         if not accepted:
@@ -432,7 +435,7 @@ class Service:
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         n_readings = int(results.offsets[-1])
         self.metrics.batch_readings.observe(n_readings)
-        self._queue_forecasts(results)
+        self._queue_forecasts(results, records_of)
         if self.detectors.active:
             found = self.detectors.step(results, store)
             self._queue_messages(found.alerts, k.alert_topic, "alert")
@@ -441,38 +444,48 @@ class Service:
             p.changed[s] = self.partition_of[s]
         p.readings += n_readings
 
-    def _queue_forecasts(self, results) -> None:
-        """Forecast records on the cadence: after every forecast_every-th reading of each stream."""
+    def _queue_forecasts(self, results, records_of: dict[str, list[tuple[int, bool]]]) -> None:
+        """Forecasts on the cadence (every forecast_every-th reading of a stream), mirroring the input: a
+        reading record yields one forecast record, a chunk record one record with a list per field.
+
+        Both depend only on the input records, never on how polls fall, so a replay after a crash
+        publishes the very same records.
+        """
         k, p, served, store = self.settings.kafka, self._pending, self.served, self.engine.store
         every = self.settings.output.forecast_every
         y = results.outputs[served.head]
         y = y.reshape(y.shape[0], -1, served.model.config.n_features) * served.std + served.mean
         finite = bool(np.isfinite(y).all())
-        rows = y.tolist() if finite else np.where(np.isfinite(y), y, np.nan).tolist()
+        rows = y.tolist()
         offsets = results.offsets.tolist()
         ts_all = results.ts.tolist()
-        # One record per forecast is the hot path: the JSON is assembled from pieces (str() of a list of
-        # finite floats is valid JSON) instead of json.dumps of a dict, about 4x faster.
+        # The hot path assembles JSON from pieces (str() of a list of finite floats is valid JSON), about
+        # 4x faster than json.dumps of a dict; a diverging model's non-finite numbers become null.
         tail = f',"model":{json.dumps(served.name)},"version":{json.dumps(served.version)}}}'
+        fmt = str if finite else (lambda v: json.dumps(json_safe(v)))
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]
             extra = store.get_extra(stream) or {}
             seen = int(extra.get("n", 0))
-            first = every - seen % every  # position (1-based) of the first reading on the cadence
-            if first <= b - a:
-                key = stream.encode()
-                part = partition_for(key, self._forecast_partitions)  # once per stream, not per record
-                head = f'{{"stream":{json.dumps(stream)},"ts":'
-                for j in range(first - 1, b - a, every):
-                    if finite:
-                        value = f'{head}{ts_all[a + j]},"n":{seen + j + 1},"forecast":{rows[a + j]}{tail}'.encode()
-                    else:  # a diverging model: non-finite numbers become null rather than invalid JSON
-                        value = encode({"stream": stream, "ts": ts_all[a + j], "n": seen + j + 1,
-                                        "forecast": [[None if v != v or abs(v) == float("inf") else v for v in r]
-                                                     for r in rows[a + j]],
-                                        "model": served.name, "version": served.version})
-                    p.records.append(OutRecord(k.forecast_topic, key, value, part))
-                p.kinds["forecast"] += len(range(first - 1, b - a, every))
+            key, part, head = stream.encode(), None, None
+            start = a
+            for size, is_chunk in records_of[stream]:
+                n0 = seen + start - a  # readings of the stream before this record
+                picks = range(start + (every - n0 % every) - 1, start + size, every)
+                start += size
+                if not picks:
+                    continue
+                if part is None:  # once per stream, not per record
+                    part = partition_for(key, self._forecast_partitions)
+                    head = f'{{"stream":{json.dumps(stream)},"ts":'
+                if is_chunk:
+                    value = (f'{head}{[ts_all[j] for j in picks]},"n":{[seen + j - a + 1 for j in picks]},'
+                             f'"forecast":{fmt([rows[j] for j in picks])}{tail}')
+                else:
+                    j = picks[0]
+                    value = f'{head}{ts_all[j]},"n":{seen + j - a + 1},"forecast":{fmt(rows[j])}{tail}'
+                p.records.append(OutRecord(k.forecast_topic, key, value.encode(), part))
+                p.kinds["forecast"] += 1
             extra["n"] = seen + b - a
             extra["ts"] = ts_all[b - 1]
             store.set_extra(stream, extra)

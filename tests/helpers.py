@@ -84,3 +84,14 @@ class LogTail:
         self.proc.wait(timeout=timeout)
         self.thread.join(timeout=10)
         return self.entries
+
+
+def per_reading(records: list[dict]) -> list[dict]:
+    """Forecast records with chunk records (lists per field) expanded into one dict per reading."""
+    out = []
+    for r in records:
+        if isinstance(r["ts"], list):
+            out.extend(dict(r, ts=t, n=n, forecast=f) for t, n, f in zip(r["ts"], r["n"], r["forecast"], strict=True))
+        else:
+            out.append(r)
+    return out

@@ -179,3 +179,32 @@ def test_input_topics_by_pattern(kafka_bootstrap, new_topic):
         thread.join(timeout=30)
     assert sorted((o["stream"], o["n"]) for o in got) == [("a", 1), ("a", 2), ("b", 1)]
     assert service.input_topics() == names
+
+
+def _fake_records(bodies: list[dict]) -> list:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(value=json.dumps(b).encode(), key=b["stream"].encode(), topic="in", partition=0,
+                            offset=i, timestamp=T0) for i, b in enumerate(bodies)]
+
+
+def test_forecast_cadence_mirrors_input_records_however_polls_fall():
+    bodies = [{"stream": "m", "ts": [1, 2, 3, 4, 5], "values": [[0.1], [0.2], [0.3], [0.4], [0.5]]},
+              {"stream": "m", "ts": 6, "values": [0.6]},
+              {"stream": "m", "ts": [7, 8], "values": [[0.7], [0.8]]},
+              {"stream": "m", "ts": 9, "values": [0.9]},
+              {"stream": "m", "ts": [10, 11, 12, 13, 14, 15, 16], "values": [[1.0]] * 7}]
+
+    def published(polls: list[list[dict]]) -> list[bytes]:
+        settings = load_settings(model={"family": "lstm", "n_features": 1, "hidden": 4}, engine={"device": "cpu"},
+                                 output={"forecast_every": 3, "anomalies": False}, metrics={"enabled": False})
+        service = Service(settings)
+        for poll in polls:
+            service.process(_fake_records(poll))
+        return [r.value for r in service._pending.records]
+
+    one_poll = published([bodies])
+    assert published([[b] for b in bodies]) == one_poll  # record by record: the very same bytes
+    got = [json.loads(v) for v in one_poll]
+    assert [(g["ts"], g["n"]) for g in got] == [([3], [3]), (6, 6), (9, 9), ([12, 15], [12, 15])]
+    assert [len(g["forecast"]) for g in got if isinstance(g["ts"], list)] == [1, 2]

@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 
 from streamer.config import load_settings
 from streamer.service import Service
-from tests.helpers import collect, serve_env, start_serve
+from tests.helpers import collect, per_reading, serve_env, start_serve
 
 
 def _settings(bootstrap, src, out, dead, **engine):
@@ -62,12 +62,15 @@ def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_
             {"stream": "sensor-0", "ts": 1000 * t, "values": streams["sensor-0"][t].tolist()}).encode())
     producer.close()
 
-    got = collect(kafka_bootstrap, [out, dead], 37)
+    got = collect(kafka_bootstrap, [out, dead], 35)
     service.stop()
     thread.join(timeout=30)
     assert not thread.is_alive()
-    outputs, dead_letters = got[out], got[dead]
-    assert len(outputs) == 36 and service.stats.commits >= 2
+    outputs, dead_letters = per_reading(got[out]), got[dead]
+    # The chunk record of three readings yields one forecast record with a list per field.
+    assert len(got[out]) == 34 and len(outputs) == 36 and service.stats.commits >= 2
+    chunked = [o for o in got[out] if isinstance(o["ts"], list)]
+    assert [(o["stream"], o["ts"], o["n"]) for o in chunked] == [("sensor-0", [5000, 6000, 7000], [6, 7, 8])]
     assert [d["reason"] for d in dead_letters] == ["wrong_shape"]
     assert dead_letters[0]["original"] == '{"stream": "sensor-1", "ts": 9, "values": [1.0]}'
 
