@@ -126,3 +126,25 @@ def test_silence_reported_once_and_resumed() -> None:
     assert d.check(st, 90_000) == []  # once
     back = d.step(st, np.array([95_000]), stream="s")
     assert back[0]["type"] == "offset" and back[0]["end"] == 95_000
+
+
+def test_seasonal_memory_returns_the_reading_one_period_earlier() -> None:
+    from streamer.detectors import SeasonalMemory
+
+    det = SeasonalMemory(1, period_ms=10_000, max_len=100)
+    st = det.init_state()
+    ts = np.arange(40, dtype=np.int64) * 1000
+    x = np.arange(40, dtype=np.float64)
+    prev = det.step(st, ts[:25], x[:25])[:, 0]
+    prev = np.r_[prev, det.step(st, ts[25:], x[25:])[:, 0]]  # chunked: same as one pass
+    assert np.all(np.isnan(prev[:10]))
+    np.testing.assert_array_equal(prev[10:], x[:30])
+    assert len(st["ts"]) <= 12  # only about one period is kept
+    # a stream faster than period / max_len keeps too little history: no seasonal view
+    short = SeasonalMemory(1, period_ms=10_000, max_len=5)
+    assert np.all(np.isnan(short.step(short.init_state(), ts, x)))
+    # "one period earlier" means within half the current sampling interval of t - period
+    gappy = SeasonalMemory(1, period_ms=10_000)
+    out = gappy.step(gappy.init_state(), np.array([0, 1000, 2000, 12_500, 13_000]), np.arange(5.0))[:, 0]
+    assert out[3] == 2.0  # after a 10.5 s gap: 2_500 is within 5_250 ms of the reading at 2_000
+    assert np.isnan(out[4])  # 3_000 is not within 250 ms of any reading

@@ -14,7 +14,8 @@ from streamer.detectors.forecast_error import ForecastErrorScorer
 from streamer.detectors.likelihood import AnomalyLikelihood
 from streamer.detectors.normalise import OnlineNormaliser
 from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
-from streamer.detectors.thresholds import DynamicThreshold
+from streamer.detectors.seasonal import SeasonalMemory
+from streamer.detectors.thresholds import DynamicThreshold, TelemanomSequences
 
 __all__ = [
     "AlertLifecycle",
@@ -26,6 +27,8 @@ __all__ = [
     "HysteresisEvents",
     "OnlineNormaliser",
     "PipelineConfig",
+    "SeasonalMemory",
     "SilenceDetector",
+    "TelemanomSequences",
     "check_plain",
 ]

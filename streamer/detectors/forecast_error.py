@@ -16,6 +16,8 @@ class ForecastErrorScorer(Detector):
     level of error becomes the new normal. Warm-up: z is 0 until `warmup` errors were seen. The combined score
     is the root mean square of the positive channel z; both are clipped to [0, zmax]. A NaN reading or
     forecast gives score 0 and leaves the stats alone. `forecast[t]` is the prediction made at t for t+1.
+    `alternative` (optional, [T, C]) is a second prediction *of* row t (e.g. the value one period earlier,
+    NaN where there is none); the error is then the smaller of the two (what either forecaster explains).
     """
 
     def __init__(self, n_channels: int = 1, halflife: float = 2000.0, warmup: int = 50, zmax: float = 50.0,
@@ -30,7 +32,7 @@ class ForecastErrorScorer(Detector):
         return {"pred": None, "mean": [0.0] * c, "var": [0.0] * c, "n": [0] * c}
 
     def step(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray,
-             forecast: np.ndarray) -> dict[str, np.ndarray]:
+             forecast: np.ndarray, alternative: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """{'score' [T], 'channels' [T, C] (positive z), 'error' [T, C] (absolute error, NaN when none)}."""
         c = len(state["mean"])
         x, f = as_2d(values, c), as_2d(forecast, c)
@@ -44,6 +46,8 @@ class ForecastErrorScorer(Detector):
         pred = np.concatenate([prev, f[:-1]])  # the forecast for row t was made at row t-1
         with np.errstate(invalid="ignore"):
             err = np.abs(x - pred)
+            if alternative is not None:
+                err = np.fmin(err, np.abs(x - as_2d(alternative, c)))  # NaN alternative: the forecast's error
         for k in range(c):
             zk, state["mean"][k], state["var"][k], state["n"][k] = ewma_zscores(
                 err[:, k].tolist(), float(state["mean"][k]), float(state["var"][k]), int(state["n"][k]),

@@ -12,6 +12,7 @@ from streamer.detectors.base import Detector
 from streamer.detectors.forecast_error import ForecastErrorScorer
 from streamer.detectors.likelihood import AnomalyLikelihood
 from streamer.detectors.normalise import OnlineNormaliser
+from streamer.detectors.seasonal import SeasonalMemory
 from streamer.detectors.thresholds import DynamicThreshold
 
 
@@ -24,6 +25,9 @@ class PipelineConfig:
     error_warmup: int = 50  # readings before error z-scores are emitted
     error_zmax: float = 50.0  # error z-scores are clipped to [0, error_zmax]
     value_weight: float = 0.0  # raw score = max(error z, value_weight * |normalised reading|) (0: errors only)
+    season_ms: int = 0  # error = min(|x - forecast|, |x - x one period earlier|), e.g. DAY_MS (0: forecast only)
+    season_max: int = 1500  # readings kept for the seasonal view (faster streams get no seasonal view)
+    value_short: int = 0  # value view: likelihood of the mean |normalised reading| over this many, e.g. 4 (0: off)
     short: int = 8  # likelihood: short window of raw scores
     long_halflife: float = 8000.0  # likelihood: long-run distribution half-life (the "new normal" rate)
     likelihood_warmup: int = 200  # readings before the likelihood is emitted (score 0 before)
@@ -45,8 +49,15 @@ class AnomalyPipeline(Detector):
     """Composite detector; its state is {'norm', 'error', 'lik', 'dt', 'alert', 'damp'} of its parts' states.
 
     `prepare` normalises new readings for the model (call before the engine), `score` turns the model's
-    one-step forecasts (normalised units) into scores and alerts (call after it). The final 'score' in [0, 1]
-    is the log-likelihood of the forecast-error z, damped for `suppress` readings after an alert fired.
+    one-step forecasts (normalised units) into scores and alerts (call after it).
+
+    Two views of each reading, each turned into a log-likelihood in [0, 1] against its own long-run history:
+    - error view: the z of the forecast error, where the error is the smaller of the model's and the
+      seasonal-naive forecast's (the value one `season_ms` earlier): what yesterday explains is not new;
+    - value view (`value_short` > 0): the mean |normalised reading| over the last `value_short` readings,
+      i.e. how far the value itself is from the stream's running distribution (spikes, level shifts).
+    The final 'score' is the larger of the two (the most surprising view), damped for `suppress` readings
+    after an alert fired, so that one anomaly is reported once.
     """
 
     score_range = (0.0, 1.0)
@@ -59,6 +70,9 @@ class AnomalyPipeline(Detector):
         self.error = ForecastErrorScorer(n_channels, halflife=cfg.error_halflife, warmup=cfg.error_warmup,
                                          zmax=cfg.error_zmax)
         self.lik = AnomalyLikelihood(short=cfg.short, halflife=cfg.long_halflife, warmup=cfg.likelihood_warmup)
+        self.vlik = (AnomalyLikelihood(short=cfg.value_short, halflife=cfg.long_halflife,
+                                       warmup=cfg.likelihood_warmup) if cfg.value_short > 0 else None)
+        self.season = SeasonalMemory(n_channels, cfg.season_ms, cfg.season_max) if cfg.season_ms > 0 else None
         self.dt = DynamicThreshold(window=cfg.dt_window, span=cfg.dt_span, every=cfg.dt_every,
                                    warmup=cfg.likelihood_warmup)
         self.alerts = AlertLifecycle("anomaly", on=cfg.alert_on, off=cfg.alert_off, resolve_after=cfg.resolve_after,
@@ -69,7 +83,8 @@ class AnomalyPipeline(Detector):
         """States of all parts."""
         c = n_channels or self.n_channels
         return {"norm": self.norm.init_state(c), "error": self.error.init_state(c), "lik": self.lik.init_state(),
-                "dt": self.dt.init_state(), "alert": self.alerts.init_state(), "damp": 0}
+                "vlik": self.lik.init_state(), "season": SeasonalMemory().init_state(), "dt": self.dt.init_state(),
+                "alert": self.alerts.init_state(), "damp": 0}
 
     def prepare(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Model input: readings normalised with the stream's stats so far, float32 [T, C]."""
@@ -78,14 +93,20 @@ class AnomalyPipeline(Detector):
     def score(self, state: dict[str, Any], ts: np.ndarray, x_norm: np.ndarray, forecast: np.ndarray,
               stream: str = "") -> dict[str, Any]:
         """Scores for normalised readings [T, C] and the model's next-step forecasts [T, C] of the same rows."""
-        fe = self.error.step(state["error"], ts, x_norm, forecast)
+        alt = None
+        if self.season is not None:
+            alt = self.season.step(state.setdefault("season", self.season.init_state()), ts, x_norm)
+        fe = self.error.step(state["error"], ts, x_norm, forecast, alternative=alt)
         raw = fe["score"]
+        dev = np.sqrt(np.mean(np.square(np.asarray(x_norm, dtype=np.float64)), axis=1))
         if self.config.value_weight > 0:
-            dev = np.sqrt(np.mean(np.square(x_norm, dtype=np.float64), axis=1))
             raw = np.maximum(raw, self.config.value_weight * dev)
         lk = self.lik.step(state["lik"], ts, raw)
         dt = self.dt.step(state["dt"], ts, np.sqrt(np.mean(fe["error"] ** 2, axis=1)))
         final = lk["score"].copy()
+        if self.vlik is not None:
+            final = np.maximum(final, self.vlik.step(state.setdefault("vlik", self.vlik.init_state()), ts,
+                                                     dev)["score"])
         damp = int(state["damp"])
         cfg = self.config
         alerts: list[dict[str, Any]] = []

@@ -76,3 +76,108 @@ class DynamicThreshold(Detector):
         ratio = np.minimum(ratio, 1e6)
         state["es"], state["eps"], state["since"], state["buf"] = es, eps, since, buf
         return {"ratio": ratio, "flag": ratio > 1.0, "threshold": thr}
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, end) of every run of True."""
+    d = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(d == 1).tolist(), (np.flatnonzero(d == -1) - 1).tolist(), strict=True))
+
+
+def telemanom_prune(seq_max: list[float], rest_max: float, p: float) -> list[bool]:
+    """Telemanom's pruning: sort sequence maxima (then the largest non-anomalous error) descending; a sequence
+    is kept only if some drop of at least the fraction `p` follows it down the sorted list."""
+    order = np.argsort(-np.asarray(seq_max), kind="stable")
+    vals = np.r_[np.asarray(seq_max)[order], rest_max]
+    keep_upto = -1
+    for i in range(len(order)):
+        if vals[i] > 0 and (vals[i] - vals[i + 1]) / vals[i] > p:
+            keep_upto = i
+    keep = [False] * len(seq_max)
+    for r in range(keep_upto + 1):
+        keep[int(order[r])] = True
+    return keep
+
+
+class TelemanomSequences(Detector):
+    """Telemanom's anomalous sequences (Hundman et al. 2018), streamed: errors are smoothed (EWMA, span `span`);
+    every `batch` readings the threshold epsilon is computed on the last `window` smoothed errors (eq. 2), the
+    runs above it are found in that window, pruned (`prune`: a run must stand out from the next smaller one by
+    that fraction) and its runs inside the newest batch are reported. Errors below `min_frac` of the window's
+    5-95 percentile value range never count (flat channels), as in Telemanom.
+
+    `step` returns 'es' and 'threshold' per reading and 'anomalous': the global reading numbers (0-based count of
+    readings this stream has seen) of the readings decided anomalous in this call, each decided when its batch
+    completes (a latency of at most `batch` readings; 'decided' holds the number of the deciding reading).
+    NaN errors are skipped (they count as readings). State: the last `window` smoothed errors and values.
+    """
+
+    score_range = (0.0, math.inf)
+
+    def __init__(self, window: int = 2100, batch: int = 70, span: float = 105.0, prune: float = 0.13,
+                 min_frac: float = 0.05, warmup: int = 70, z_min: float = 2.5, z_max: float = 12.0,
+                 z_step: float = 0.5) -> None:
+        self.window, self.batch, self.prune, self.min_frac, self.warmup = window, batch, prune, min_frac, warmup
+        self.alpha = 2.0 / (span + 1.0)
+        self.z_values = np.arange(z_min, z_max, z_step)
+
+    def init_state(self, n_channels: int = 1) -> dict[str, Any]:
+        """No readings yet."""
+        return {"n": 0, "es": None, "buf": [], "vals": [], "idx": [], "since": 0, "eps": None}
+
+    def _decide(self, es: np.ndarray, vals: np.ndarray, idx: np.ndarray, new: int) -> tuple[float, list[int]]:
+        eps = telemanom_epsilon(es, self.z_values)
+        fin = vals[np.isfinite(vals)]
+        rng = float(np.percentile(fin, 95) - np.percentile(fin, 5)) if fin.size else 0.0
+        floor = self.min_frac * rng
+        if not (es.std() > self.min_frac * (fin.std() if fin.size else 0.0) or es.max() > floor) \
+                or es.max() <= self.min_frac:
+            return eps, []
+        above = (es > eps) & (es > floor)
+        runs = _runs(above)
+        if not runs:
+            return eps, []
+        rest = es[~above]
+        keep = telemanom_prune([float(es[a : b + 1].max()) for a, b in runs],
+                               float(rest.max()) if rest.size else 0.0, self.prune)
+        first_new = len(es) - new
+        out: list[int] = []
+        for (a, b), k in zip(runs, keep, strict=True):
+            if k and b >= first_new:
+                out.extend(idx[max(a, first_new) : b + 1].tolist())
+        return eps, out
+
+    def step(self, state: dict[str, Any], ts: np.ndarray, error: np.ndarray,
+             value: np.ndarray | None = None) -> dict[str, Any]:
+        """{'es' [T], 'threshold' [T] (NaN before the first batch), 'anomalous' [global reading numbers]}."""
+        err = np.asarray(error, dtype=np.float64).reshape(-1)
+        val = np.full(err.shape, np.nan) if value is None else np.asarray(value, dtype=np.float64).reshape(-1)
+        T = err.shape[0]
+        es_out, thr = np.zeros(T), np.full(T, np.nan)
+        n, es, since, eps = int(state["n"]), state["es"], int(state["since"]), state["eps"]
+        buf, vals, idx = list(state["buf"]), list(state["vals"]), list(state["idx"])
+        found: list[int] = []
+        decided: list[int] = []
+        for t in range(T):
+            e, v = float(err[t]), float(val[t])
+            if math.isfinite(e):
+                es = e if es is None else self.alpha * e + (1.0 - self.alpha) * es
+                buf.append(es)
+                vals.append(v if math.isfinite(v) else None)
+                idx.append(n)
+                if len(buf) > self.window:
+                    del buf[0], vals[0], idx[0]
+                since += 1
+                es_out[t] = es
+                if since >= self.batch and len(buf) >= self.warmup:
+                    new = min(since, len(buf))
+                    eps, hits = self._decide(np.asarray(buf), np.array([np.nan if x is None else x for x in vals]),
+                                             np.asarray(idx), new)
+                    found.extend(hits)
+                    decided.extend([n] * len(hits))
+                    since = 0
+            if eps is not None:
+                thr[t] = eps
+            n += 1
+        state.update(n=n, es=es, buf=buf, vals=vals, idx=idx, since=since, eps=eps)
+        return {"es": es_out, "threshold": thr, "anomalous": found, "decided": decided}

@@ -4,6 +4,10 @@ The model is one small recurrent forecaster (next normalised value) shared by ev
 on the probationary rows (first 15%, at most 750) of the files under the data folder, as NAB's rules allow; it
 is then frozen and every series is streamed in chunks through `Engine.step` exactly as the daemon does, with
 the detector state of each stream kept in the state store's extras. One configuration serves every series.
+The pipeline runs with its two optional views on (see AnomalyPipeline): the forecast error is the smaller of the
+model's and the value one day earlier's (daily jobs and ramps are not anomalies), and the value's own deviation
+from the stream's running distribution is a second likelihood (spikes, level shifts); the final score is the
+larger of the two log-likelihoods.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from streamer.detectors import AnomalyPipeline, OnlineNormaliser, PipelineConfig
+from streamer.detectors.seasonal import DAY_MS
 from streamer.engine import Chunk, Engine
 from streamer.evaluation import nab_scorer as ns
 from streamer.models import ModelConfig, RecurrentModel, build_model
@@ -37,7 +42,8 @@ class NabConfig:
     epochs: int = 80  # full-batch Adam steps over the probationary segments
     lr: float = 3e-3
     chunk: int = 256  # readings per stream per engine step (any chunking gives the same outputs)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    # both views on: the error view with the seasonal-naive second forecaster (one day), and the value view
+    pipeline: PipelineConfig = field(default_factory=lambda: PipelineConfig(season_ms=DAY_MS, value_short=4))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""

@@ -45,9 +45,16 @@ def plot_series_panel(path: Path, panels: list[dict[str, Any]], title: str) -> P
         ay.set_ylim(-0.05, 1.05)
         ay.set_ylabel("score")
         ay.legend(loc="upper left", fontsize=7)
+    return save_figure(fig, path, title, dpi=90)
+
+
+def save_figure(fig, path: Path, title: str, dpi: int = 90) -> Path:
+    """Title, tighten, write the PNG (creating its folder) and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

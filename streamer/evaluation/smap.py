@@ -1,0 +1,260 @@
+"""`streamer eval smap`: Telemanom's evaluation (Hundman et al., KDD 2018) on NASA SMAP telemetry, streamed.
+
+Per channel, as Telemanom does: a small recurrent forecaster is fitted on the channel's train array (inputs:
+column 0, the telemetry value, and the 24 one-hot command columns; target: the next telemetry value). The
+test array is then streamed once, in order, in chunks through `Engine.step` exactly as the daemon serves a
+stream; the one-step forecast errors go through `TelemanomSequences` (EWMA smoothing, the nonparametric
+dynamic threshold over a trailing window, pruning), and flagged readings, widened by Telemanom's error buffer,
+form the predicted anomalous sequences. Scoring is Telemanom's event level (no point adjustment): a labelled
+sequence overlapped by a predicted one is a true positive, labelled sequences with none are false negatives,
+predicted sequences that overlap no labelled one are false positives; precision = TP / (TP + FP),
+recall = TP / (TP + FN), summed over channels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamer.detectors import TelemanomSequences
+from streamer.engine import Chunk, Engine
+from streamer.models import ModelConfig, RecurrentModel, build_model
+
+
+@dataclass(frozen=True)
+class SmapConfig:
+    """One configuration for every channel (Telemanom's defaults for the threshold part)."""
+
+    family: str = "gru"
+    hidden: int = 32
+    seed: int = 0
+    epochs: int = 40  # full-batch Adam steps over the train array cut into `segments` pieces
+    segments: int = 16
+    washout: int = 10  # first steps of each training piece are not fitted (cold state)
+    lr: float = 5e-3
+    chunk: int = 1024  # test readings per engine step
+    skip: int = 50  # first test readings are not scored (cold state; Telemanom skips l_s = 250)
+    window: int = 2100  # Telemanom: window_size 30 x batch_size 70
+    batch: int = 70
+    span: float = 105.0  # Telemanom: smoothing_perc 0.05 x window
+    prune: float = 0.13  # Telemanom: p
+    error_buffer: int = 100  # Telemanom: flagged readings widened by this many on each side
+    min_frac: float = 0.05
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return asdict(self)
+
+
+@dataclass
+class Channel:
+    """One SMAP channel: train and test arrays [n, 25] and labelled sequences (inclusive, merged)."""
+
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    labels: list[tuple[int, int]]
+
+
+def merge(seqs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching inclusive ranges merged, sorted."""
+    out: list[list[int]] = []
+    for a, b in sorted(seqs):
+        if out and a <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def resolve_data(data: Path, workdir: Path | None = None) -> tuple[Path, Path]:
+    """(folder with train/ and test/, labeled_anomalies.csv): an unpacked folder, or the packed one (extracted)."""
+    data = Path(data)
+    labels = next((p for p in (data / "labeled_anomalies.csv", data.parent / "labeled_anomalies.csv")
+                   if p.exists()), None)
+    if labels is None:
+        raise FileNotFoundError(f"no labeled_anomalies.csv in {data} or its parent")
+    if (data / "train").is_dir() and (data / "test").is_dir():
+        return data, labels
+    script = data / "verify_and_extract.py"
+    if not script.exists():
+        raise FileNotFoundError(f"{data} has neither train/ and test/ nor verify_and_extract.py")
+    dest = Path(workdir or tempfile.mkdtemp(prefix="smap-"))
+    subprocess.run([sys.executable, str(script), str(dest)], check=True, stdout=subprocess.DEVNULL)
+    return dest, labels
+
+
+def load_channels(root: Path, labels: Path, only: list[str] | None = None, spacecraft: str = "SMAP",
+                  max_rows: int | None = None) -> list[Channel]:
+    """The labelled channels of one spacecraft (rows of the same channel merged), optionally truncated."""
+    seqs: dict[str, list[tuple[int, int]]] = {}
+    with open(labels, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["spacecraft"] == spacecraft:
+                pairs = json.loads(r["anomaly_sequences"])
+                seqs.setdefault(r["chan_id"], []).extend((int(a), int(b)) for a, b in pairs)
+    out = []
+    for name in sorted(seqs):
+        if only and name not in only:
+            continue
+        tr, te = root / "train" / f"{name}.npy", root / "test" / f"{name}.npy"
+        if not (tr.exists() and te.exists()):
+            continue
+        train, test = np.load(tr), np.load(te)
+        if max_rows:
+            train, test = train[:max_rows], test[:max_rows]
+        lab = [(a, min(b, len(test) - 1)) for a, b in merge(seqs[name]) if a < len(test)]
+        out.append(Channel(name, train.astype(np.float32), test.astype(np.float32), lab))
+    if not out:
+        raise FileNotFoundError(f"no {spacecraft} channels with train/test arrays under {root}")
+    return out
+
+
+def fit_channel(ch: Channel, cfg: SmapConfig) -> RecurrentModel:
+    """A forecaster of the next telemetry value from all 25 columns, fitted on the train array only."""
+    torch.manual_seed(cfg.seed)
+    f = ch.train.shape[1]
+    model = build_model(ModelConfig(family=cfg.family, n_features=f, hidden=cfg.hidden, heads=("forecast",),
+                                    horizon=1))
+    n = len(ch.train) - 1
+    s = max(1, min(cfg.segments, n // (4 * cfg.washout + 1)))
+    L = n // s
+    x = torch.from_numpy(ch.train[: s * L].reshape(s, L, f))
+    y = torch.from_numpy(ch.train[1 : s * L + 1, 0].reshape(s, L))
+    w = min(cfg.washout, L // 2)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model.train()
+    for _ in range(cfg.epochs):
+        out, _ = model(x, strategy="segments")
+        loss = torch.nn.functional.mse_loss(out["forecast"][:, w:, 0, 0], y[:, w:])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return model.eval()
+
+
+def stream_channel(ch: Channel, model: RecurrentModel, cfg: SmapConfig) -> dict[str, Any]:
+    """The test array streamed through the engine; errors through TelemanomSequences; predicted sequences."""
+    engine = Engine.from_model(model, capacity=1, device="cpu")
+    det = TelemanomSequences(window=cfg.window, batch=cfg.batch, span=cfg.span, prune=cfg.prune,
+                             min_frac=cfg.min_frac)
+    st = det.init_state()
+    n = len(ch.test)
+    ts = np.arange(n, dtype=np.int64) * 60_000
+    pred = np.full(n, np.nan)
+    es, thr = np.zeros(n), np.full(n, np.nan)
+    flagged: list[int] = []
+    prev = np.nan
+    for a in range(0, n, cfg.chunk):
+        sl = slice(a, min(n, a + cfg.chunk))
+        res = engine.step([Chunk(ch.name, ts[sl], ch.test[sl])])[0]
+        fc = res.outputs["forecast"][:, 0, 0].astype(np.float64)
+        p = np.r_[prev, fc[:-1]]  # the forecast of row t was made at row t - 1
+        prev = float(fc[-1])
+        pred[sl] = p
+        err = np.abs(ch.test[sl, 0] - p)
+        err[np.arange(sl.start, sl.stop) < cfg.skip] = np.nan
+        out = det.step(st, ts[sl], err, ch.test[sl, 0])
+        es[sl], thr[sl] = out["es"], out["threshold"]
+        flagged.extend(out["anomalous"])
+    mask = np.zeros(n, dtype=bool)
+    for i in flagged:
+        mask[max(0, i - cfg.error_buffer) : i + cfg.error_buffer + 1] = True
+    d = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    seqs = list(zip(np.flatnonzero(d == 1).tolist(), (np.flatnonzero(d == -1) - 1).tolist(), strict=True))
+    return {"pred": pred, "es": es, "threshold": thr, "sequences": seqs}
+
+
+def score_channel(pred: list[tuple[int, int]], labels: list[tuple[int, int]]) -> dict[str, int]:
+    """Telemanom's event-level counts for one channel."""
+    def hit(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return a[0] <= b[1] and b[0] <= a[1]
+
+    tp = sum(any(hit(lab, p) for p in pred) for lab in labels)
+    fp = sum(not any(hit(p, lab) for lab in labels) for p in pred)
+    return {"tp": tp, "fn": len(labels) - tp, "fp": fp}
+
+
+def plot_channels(path: Path, chans: list[Channel], results: dict[str, dict[str, Any]], counts: dict[str, dict],
+                  title: str) -> Path:
+    """Per channel: telemetry with labelled (red) and predicted (blue) sequences; smoothed error and threshold."""
+    from streamer.evaluation.plots import _plt, save_figure
+
+    plt = _plt()
+    fig, axes = plt.subplots(2 * len(chans), 1, figsize=(11, 3.0 * len(chans)), squeeze=False,
+                             gridspec_kw={"height_ratios": [2, 1] * len(chans)})
+    for k, ch in enumerate(chans):
+        r, c = results[ch.name], counts[ch.name]
+        ax, ay = axes[2 * k, 0], axes[2 * k + 1, 0]
+        x = np.arange(len(ch.test))
+        ax.plot(x, ch.test[:, 0], lw=0.6, color="black", label="telemetry")
+        ax.plot(x, r["pred"], lw=0.6, color="tab:orange", alpha=0.8, label="forecast")
+        for a, b in ch.labels:
+            for axx in (ax, ay):
+                axx.axvspan(a, b, color="tab:red", alpha=0.2, lw=0)
+        for a, b in r["sequences"]:
+            ax.axvspan(a, b, ymin=0.0, ymax=0.08, color="tab:blue", alpha=0.8, lw=0)
+        ax.set_title(f"{ch.name}: TP {c['tp']}  FP {c['fp']}  FN {c['fn']}  (red: labelled, blue: predicted)",
+                     fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+        ay.plot(x, r["es"], lw=0.7, color="tab:green", label="smoothed error")
+        ay.plot(x, r["threshold"], lw=0.8, color="black", ls="--", label="dynamic threshold")
+        ay.legend(loc="upper left", fontsize=7)
+    return save_figure(fig, path, title, dpi=80)
+
+
+def run(data: Path, out_dir: Path | None = None, cfg: SmapConfig | None = None, only: list[str] | None = None,
+        max_rows: int | None = None, progress: bool = True, plots: bool = True) -> dict[str, Any]:
+    """Fit, stream, threshold and score every SMAP channel; returns the summary (also OUT/summary.json)."""
+    from tqdm import tqdm
+
+    cfg = cfg or SmapConfig()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="smap-") as tmp:
+        root, labels = resolve_data(Path(data), Path(tmp))
+        chans = load_channels(root, labels, only, max_rows=max_rows)
+    results, counts = {}, {}
+    for ch in tqdm(chans, desc="smap", unit="channel", disable=not progress):
+        model = fit_channel(ch, cfg)
+        results[ch.name] = stream_channel(ch, model, cfg)
+        counts[ch.name] = score_channel(results[ch.name]["sequences"], ch.labels)
+    tp, fp, fn = (sum(c[k] for c in counts.values()) for k in ("tp", "fp", "fn"))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    summary: dict[str, Any] = {
+        "precision": round(precision, 4), "recall": round(recall, 4),
+        "f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+        "tp": tp, "fp": fp, "fn": fn, "channels": len(chans), "labelled_sequences": tp + fn,
+        "scoring": "event level, Telemanom: a labelled sequence overlapped by a predicted one is a TP; "
+                   "no point adjustment", "seconds": round(time.perf_counter() - started, 1),
+        "per_channel": counts, "config": cfg.to_dict(),
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for ch in chans:
+            seqs = results[ch.name]["sequences"]
+            (out_dir / "channels").mkdir(exist_ok=True)
+            (out_dir / "channels" / f"{ch.name}.json").write_text(json.dumps(
+                {"predicted": seqs, "labelled": ch.labels, **counts[ch.name]}) + "\n")
+        if plots:
+            def f1(c: dict[str, int]) -> float:
+                return 2 * c["tp"] / max(1, 2 * c["tp"] + c["fp"] + c["fn"])
+
+            order = sorted(chans, key=lambda ch: (f1(counts[ch.name]), -counts[ch.name]["fp"]))
+            k = min(3, len(order))
+            plot_channels(out_dir / "worst.png", order[:k], results, counts, "SMAP, worst channels (event F1)")
+            plot_channels(out_dir / "best.png", order[::-1][:k], results, counts, "SMAP, best channels (event F1)")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

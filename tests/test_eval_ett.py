@@ -1,0 +1,54 @@
+"""`streamer eval ett`: the standard protocol's windows and repeat-last baseline with a tiny checkpoint, and the
+training config derived from examples/ett.toml."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamer.eval_cli import register
+from streamer.evaluation import ett
+from streamer.models import ModelConfig, build_model
+
+ETTH1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ett" / "ETTh1.csv"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="streamer")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_derived_config_changes_only_path_and_horizon(tmp_path: Path) -> None:
+    cfg = tomllib.loads(ett.derived_config(tmp_path / "x.csv", 192))
+    base = tomllib.loads(ett.EXAMPLE.read_text())
+    assert cfg["data"]["path"] == str((tmp_path / "x.csv").resolve()) and cfg["model"]["horizon"] == 192
+    assert cfg["split"] == base["split"] and cfg["train"] == base["train"]
+
+
+@pytest.mark.skipif(not ETTH1.exists(), reason="shared ETTh1 not present")
+def test_eval_ett_with_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    one_torch_thread: None) -> None:
+    from training import checkpoints
+    from training.data import FeatureSpec, Normalizer, load_csv, split_rows
+
+    series = load_csv(ETTH1, FeatureSpec(ett.CHANNELS), "date")[0]
+    norm = Normalizer.fit([split_rows(series, {"train": ett.TRAIN})["train"]])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="gru", n_features=7, hidden=4, heads=("forecast",), horizon=96))
+    checkpoints.save(tmp_path / "ckpt", model, {"features": FeatureSpec(ett.CHANNELS).to_dict(),
+                                                 "normalization": norm.to_dict(), "horizon": 96})
+    out = tmp_path / "out"
+    args = parse(["eval", "ett", "--data", str(ETTH1), "--horizon", "96", "--checkpoint", str(tmp_path / "ckpt"),
+                  "--out", str(out), "--json", "--quiet", "--threads", "1"])
+    assert args.func(args) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"mse", "mae", "repeat_mse", "repeat_mae"} <= set(m)
+    assert m["repeat_mse"] == pytest.approx(1.295, abs=0.01) and m["repeat_mae"] == pytest.approx(0.713, abs=0.01)
+    assert m["test_windows"] == 14400 - 11520 - 96 + 1 and m["normalization_matches_checkpoint"]
+    assert m["mse"] > 0 and (out / "best.png").exists() and (out / "worst.png").exists()

@@ -1,0 +1,63 @@
+"""`streamer eval smap` on a small slice (two channels, first rows), Telemanom's event-level counting, pruning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.detectors.thresholds import TelemanomSequences, telemanom_prune
+from streamer.eval_cli import register
+from streamer.evaluation import smap
+
+SMAP = Path(__file__).resolve().parents[2] / "shared" / "data" / "smap"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="streamer")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_event_level_counts_follow_telemanom() -> None:
+    labels = [(100, 200), (500, 520)]
+    assert smap.score_channel([(190, 260), (700, 710)], labels) == {"tp": 1, "fn": 1, "fp": 1}
+    assert smap.score_channel([], labels) == {"tp": 0, "fn": 2, "fp": 0}
+    assert smap.score_channel([(0, 1000)], labels) == {"tp": 2, "fn": 0, "fp": 0}
+    assert smap.merge([(5, 9), (1, 3), (4, 4), (20, 30)]) == [(1, 9), (20, 30)]
+
+
+def test_pruning_keeps_only_sequences_that_stand_out() -> None:
+    assert telemanom_prune([10.0, 5.0], 1.0, 0.13) == [True, True]
+    assert telemanom_prune([10.0, 9.5], 9.0, 0.13) == [False, False]  # no drop of 13% anywhere
+    assert telemanom_prune([10.0, 9.5, 3.0], 2.9, 0.13) == [True, True, False]
+
+
+def test_telemanom_sequences_flag_a_burst_once_decided() -> None:
+    rng = np.random.default_rng(0)
+    err = np.abs(rng.normal(0, 0.05, 3000))
+    err[2000:2050] += 1.0
+    det = TelemanomSequences()
+    st = det.init_state()
+    out = det.step(st, np.arange(3000), err, np.sin(np.arange(3000) / 50))
+    rows = np.array(out["anomalous"])
+    assert rows.size and rows.min() >= 1990 and rows.max() < 2300
+    assert all(d >= r for r, d in zip(out["anomalous"], out["decided"], strict=True))  # decided later, never before
+
+
+@pytest.mark.skipif(not (SMAP / "verify_and_extract.py").exists(), reason="shared SMAP data not present")
+def test_eval_smap_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str], one_torch_thread: None) -> None:
+    out = tmp_path / "out"
+    args = parse(["eval", "smap", "--data", str(SMAP), "--out", str(out), "--json", "--quiet", "--epochs", "3",
+                  "--channels", "A-6,P-1", "--max-rows", "2500"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["channels"] == 2
+    assert 0.0 <= summary["precision"] <= 1.0 and 0.0 <= summary["recall"] <= 1.0
+    assert summary["tp"] + summary["fn"] == summary["labelled_sequences"] == 2  # A-6, P-1: one each before 2500
+    saved = json.loads((out / "channels" / "A-6.json").read_text())
+    assert set(saved) >= {"predicted", "labelled", "tp", "fp", "fn"}
+    assert (out / "best.png").stat().st_size > 0 and (out / "worst.png").stat().st_size > 0
