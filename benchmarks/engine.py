@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -180,6 +181,15 @@ def bytes_per_stream(n: int = 1_000_000, hidden: int = 64) -> dict[str, float]:
     return out
 
 
+def bytes_per_stream_fresh(n: int) -> dict[str, float]:
+    """bytes_per_stream in a fresh interpreter: in this one, memory freed by earlier cases would be reused
+    and the RSS delta would undercount."""
+    code = f"import json; from benchmarks.engine import bytes_per_stream; print(json.dumps(bytes_per_stream({n})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_case(family, hidden, n_streams, device, reps, warm, naive_subset, strategy) -> dict[str, Any]:
     """All measurements for one (family, hidden, streams) case on the same data."""
     torch.manual_seed(0)
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {family} h{hidden} {n} streams done ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
     steps = make_steps(10_000, 2, seed=1)
     river = bench_river(steps, 10_000 if args.quick else 20_000)
-    mem = bytes_per_stream(200_000 if args.quick else 1_000_000)
+    mem = bytes_per_stream_fresh(200_000 if args.quick else 1_000_000)
     main_case = next(c for c in cases if c["family"] == "lstm" and c["hidden"] == 64 and c["streams"] == 10_000)
     summary = {
         "engine_readings_per_s": main_case["engine_readings_per_s"],

@@ -102,7 +102,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _check_features(meta: dict[str, Any], expect: list[str] | tuple[str, ...]) -> None:
+def check_features(meta: dict[str, Any], expect: list[str] | tuple[str, ...]) -> None:
     have = list(meta["features"].get("numeric", []))
     want = list(expect)
     if have == want:
@@ -159,20 +159,25 @@ def load(directory: str | Path, expect_features: list[str] | tuple[str, ...] | N
     directory = Path(directory)
     meta = read_meta(directory)
     if expect_features is not None:
-        _check_features(meta, expect_features)
+        check_features(meta, expect_features)
     try:
         cfg = ModelConfig.from_dict(meta["model"])
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{directory / META}: bad model config: {exc}") from exc
+    return load_weights(directory, meta, build_model(cfg), cfg.n_features).to(device).eval(), meta
+
+
+def load_weights(directory: Path, meta: dict[str, Any], model: torch.nn.Module, n_features: int) -> torch.nn.Module:
+    """Check the feature spec and normalisation against the model, read the weights (safetensors only) and
+    load them after checking names, shapes, dtypes and the recorded sha256; raises CheckpointError."""
     n_numeric = len(meta["features"].get("numeric", []))
-    if n_numeric != cfg.n_features:
-        raise CheckpointError(f"feature spec names {n_numeric} numeric channels but the model has {cfg.n_features}")
+    if n_numeric != n_features:
+        raise CheckpointError(f"feature spec names {n_numeric} numeric channels but the model has {n_features}")
     for key in ("mean", "std"):
-        if len(meta["normalization"].get(key, [])) != cfg.n_features:
+        if len(meta["normalization"].get(key, [])) != n_features:
             raise CheckpointError(f"normalization {key} has {len(meta['normalization'].get(key, []))} entries, "
-                                  f"the model has {cfg.n_features} features")
+                                  f"the model has {n_features} features")
     tensors = _read_weights(directory / WEIGHTS)
-    model = build_model(cfg)
     expected = model.state_dict()
     problems = []
     missing = sorted(set(expected) - set(tensors))
@@ -192,4 +197,4 @@ def load(directory: str | Path, expect_features: list[str] | tuple[str, ...] | N
     if want_sha is not None and _sha256(directory / WEIGHTS) != want_sha:
         raise CheckpointError(f"{directory / WEIGHTS}: sha256 differs from the one recorded in {META}")
     model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval(), meta
+    return model
