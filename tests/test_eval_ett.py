@@ -15,7 +15,7 @@ from streamer.eval_cli import register
 from streamer.evaluation import ett
 from streamer.models import ModelConfig, build_model
 
-ETTH1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ett" / "ETTh1.csv"
+ETTH1 = Path(__file__).resolve().parents[1] / "data" / "ett" / "ETTh1.csv"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -31,7 +31,6 @@ def test_derived_config_changes_only_path_and_horizon(tmp_path: Path) -> None:
     assert cfg["split"] == base["split"] and cfg["train"] == base["train"]
 
 
-@pytest.mark.skipif(not ETTH1.exists(), reason="shared ETTh1 not present")
 def test_eval_ett_with_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     one_torch_thread: None) -> None:
     from training import checkpoints

@@ -13,7 +13,7 @@ from streamer.detectors.thresholds import TelemanomSequences, telemanom_prune
 from streamer.eval_cli import register
 from streamer.evaluation import smap
 
-SMAP = Path(__file__).resolve().parents[2] / "shared" / "data" / "smap"
+SMAP = Path(__file__).resolve().parents[1] / "data" / "smap"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -48,7 +48,6 @@ def test_telemanom_sequences_flag_a_burst_once_decided() -> None:
     assert all(d >= r for r, d in zip(out["anomalous"], out["decided"], strict=True))  # decided later, never before
 
 
-@pytest.mark.skipif(not (SMAP / "verify_and_extract.py").exists(), reason="shared SMAP data not present")
 def test_eval_smap_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str], one_torch_thread: None) -> None:
     out = tmp_path / "out"
     args = parse(["eval", "smap", "--data", str(SMAP), "--out", str(out), "--json", "--quiet", "--epochs", "3",
