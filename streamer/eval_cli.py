@@ -6,16 +6,21 @@ import argparse
 import json
 
 
+def _use_threads(n: int | None) -> None:
+    """Torch CPU threads for an evaluation (tiny models run fastest on one; 0 or None keeps torch's default)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def cmd_eval_nab(args: argparse.Namespace) -> int:
     """Stream a NAB-layout folder through the engine and detectors, write NAB results, score, plot."""
     from pathlib import Path
 
-    import torch
-
     from streamer.evaluation import nab
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _use_threads(args.threads)
     cfg = nab.NabConfig(epochs=args.epochs) if args.epochs is not None else nab.NabConfig()
     summary = nab.run(Path(args.data), Path(args.out), cfg, progress=not args.quiet, plots=not args.no_plots)
     keys = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
@@ -34,12 +39,9 @@ def cmd_eval_occupancy(args: argparse.Namespace) -> int:
     """Train (or load) the occupancy event model, stream the test file through the engine and events, score."""
     from pathlib import Path
 
-    import torch
-
     from streamer.evaluation import occupancy as occ
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _use_threads(args.threads)
     settings = occ.EventSettings(on=args.on, off=args.off, min_on=args.min_on, min_off=args.min_off,
                                  chunk=args.chunk, tolerance=args.tolerance)
     s = occ.run(Path(args.test), None if args.out is None else Path(args.out),
@@ -62,12 +64,9 @@ def cmd_eval_smap(args: argparse.Namespace) -> int:
     """Telemanom's SMAP evaluation: per-channel forecasters, streamed test errors, dynamic thresholds."""
     from pathlib import Path
 
-    import torch
-
     from streamer.evaluation import smap
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _use_threads(args.threads)
     cfg = smap.SmapConfig(epochs=args.epochs) if args.epochs is not None else smap.SmapConfig()
     only = args.channels.split(",") if args.channels else None
     summary = smap.run(Path(args.data), Path(args.out) if args.out else None, cfg, only=only,
@@ -84,12 +83,9 @@ def cmd_eval_ett(args: argparse.Namespace) -> int:
     """ETTh1 with the standard protocol: test MSE and MAE beside repeat-last-value."""
     from pathlib import Path
 
-    import torch
-
     from streamer.evaluation import ett
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _use_threads(args.threads)
     m = ett.run(Path(args.data), args.horizon, Path(args.out) if args.out else None,
                 Path(args.checkpoint) if args.checkpoint else None, args.epochs, progress=not args.quiet)
     print(f"ETTh1 test, horizon {m['horizon']}: MSE {m['mse']:.3f} MAE {m['mae']:.3f}  "
