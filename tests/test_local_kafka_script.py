@@ -7,12 +7,12 @@ import subprocess
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from tests.conftest import KAFKA_SH, _free_port_pair
+from streamer.local_kafka import KAFKA_SH, free_port_pair
 
 
 def test_up_exchange_down(kafka_bootstrap, tmp_path):
     # Needs the jars the session broker fetched; runs a second broker of its own on other ports.
-    port = _free_port_pair()
+    port = free_port_pair()
     env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_DATA_DIR=str(tmp_path / "kafka"))
     up = subprocess.run(["bash", str(KAFKA_SH), "up"], env=env, capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr

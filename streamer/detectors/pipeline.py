@@ -31,7 +31,7 @@ class PipelineConfig:
     short: int = 8  # likelihood: short window of raw scores
     long_halflife: float = 8000.0  # likelihood: long-run distribution half-life (the "new normal" rate)
     likelihood_warmup: int = 200  # readings before the likelihood is emitted (score 0 before)
-    dt_window: int = 1000  # Telemanom threshold: trailing window of smoothed errors
+    dt_window: int = 1000  # Telemanom threshold: trailing window of smoothed errors (0: off)
     dt_span: float = 30.0  # Telemanom threshold: EWMA span of the smoothing
     dt_every: int = 50  # Telemanom threshold: recomputed every this many readings
     alert_on: float = 0.5  # own threshold on the final score (alerts fire at or above)
@@ -73,8 +73,8 @@ class AnomalyPipeline(Detector):
         self.vlik = (AnomalyLikelihood(short=cfg.value_short, halflife=cfg.long_halflife,
                                        warmup=cfg.likelihood_warmup) if cfg.value_short > 0 else None)
         self.season = SeasonalMemory(n_channels, cfg.season_ms, cfg.season_max) if cfg.season_ms > 0 else None
-        self.dt = DynamicThreshold(window=cfg.dt_window, span=cfg.dt_span, every=cfg.dt_every,
-                                   warmup=cfg.likelihood_warmup)
+        self.dt = (DynamicThreshold(window=cfg.dt_window, span=cfg.dt_span, every=cfg.dt_every,
+                                    warmup=cfg.likelihood_warmup) if cfg.dt_window > 0 else None)
         self.alerts = AlertLifecycle("anomaly", on=cfg.alert_on, off=cfg.alert_off, resolve_after=cfg.resolve_after,
                                      critical=max(cfg.alert_on, 0.8), channel_names=channel_names, model=model,
                                      version=version)
@@ -83,8 +83,8 @@ class AnomalyPipeline(Detector):
         """States of all parts."""
         c = n_channels or self.n_channels
         return {"norm": self.norm.init_state(c), "error": self.error.init_state(c), "lik": self.lik.init_state(),
-                "vlik": self.lik.init_state(), "season": SeasonalMemory().init_state(), "dt": self.dt.init_state(),
-                "alert": self.alerts.init_state(), "damp": 0}
+                "vlik": self.lik.init_state(), "season": SeasonalMemory().init_state(),
+                "dt": None if self.dt is None else self.dt.init_state(), "alert": self.alerts.init_state(), "damp": 0}
 
     def prepare(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Model input: readings normalised with the stream's stats so far, float32 [T, C]."""
@@ -102,7 +102,11 @@ class AnomalyPipeline(Detector):
         if self.config.value_weight > 0:
             raw = np.maximum(raw, self.config.value_weight * dev)
         lk = self.lik.step(state["lik"], ts, raw)
-        dt = self.dt.step(state["dt"], ts, np.sqrt(np.mean(fe["error"] ** 2, axis=1)))
+        if self.dt is None:
+            off = np.full(len(raw), np.nan)
+            dt = {"ratio": off, "flag": off, "threshold": off}
+        else:
+            dt = self.dt.step(state["dt"], ts, np.sqrt(np.mean(fe["error"] ** 2, axis=1)))
         final = lk["score"].copy()
         if self.vlik is not None:
             final = np.maximum(final, self.vlik.step(state.setdefault("vlik", self.vlik.init_state()), ts,
