@@ -121,6 +121,17 @@ class StepResults(Sequence):
         return f"StepResults({len(self)} streams, {int(self.offsets[-1])} readings)"
 
 
+def initial_state_of(model: RecurrentModel) -> Callable[[int], dict[str, torch.Tensor]]:
+    """The state new streams start from (zeros, or the model's learned s0), for a StateStore."""
+    p = next(model.parameters())
+
+    def initial(n: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {k: v.detach() for k, v in model.initial_state(n, device=p.device, dtype=p.dtype).items()}
+
+    return initial
+
+
 @dataclass
 class _Batch:
     streams: list[str]
@@ -170,11 +181,6 @@ class Engine:
         """Engine with a fresh store whose new streams start from the model's initial state."""
         model = model.to(device).eval()
         dtype = next(model.parameters()).dtype
-
-        def initial(n: int) -> dict[str, torch.Tensor]:
-            with torch.no_grad():
-                return {k: v.detach() for k, v in model.initial_state(n, device=device, dtype=dtype).items()}
-
         store = StateStore(
             model.state_shapes(),
             capacity,
@@ -183,7 +189,7 @@ class Engine:
             idle_ttl=idle_ttl,
             on_evict=on_evict,
             on_miss=on_miss,
-            initial=initial,
+            initial=initial_state_of(model),
         )
         return cls(model, store, device=device, strategy=strategy, quantum=quantum)
 

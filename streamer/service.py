@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 from streamer.changelog import ColdStore, restore_partitions
 from streamer.config import Settings, resolve_device
 from streamer.detection import StreamDetectors
-from streamer.engine import Chunk, Engine
+from streamer.engine import Chunk, Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError, InvalidRecord
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import ServedModel, checkpoint_signature, load_checkpoint, served_model, wrap_model
@@ -115,7 +115,6 @@ class Service:
         self.http: HealthServer | None = None
         self._pending = _Pending()
         self._committer: Committer | None = None
-        self._consumer = None
         self._failure: BaseException | None = None
         self._evictions_seen = 0
         self._forecast_partitions = 1
@@ -123,8 +122,9 @@ class Service:
 
     # -- model --------------------------------------------------------------------------------------
     def _make_engine(self, served: ServedModel, store=None) -> Engine:
-        if store is not None:
-            return Engine(served.model.to(self.device), store, device=self.device)
+        if store is not None:  # a new model of the same architecture: its s0 for streams that start from now
+            store.initial = initial_state_of(served.model.to(self.device))
+            return Engine(served.model, store, device=self.device)
         e = self.settings.engine
         return Engine.from_model(served.model, capacity=e.capacity, device=self.device, idle_ttl=e.idle_ttl_s,
                                  on_evict=self._on_evict, on_miss=self._on_miss)
@@ -233,7 +233,7 @@ class Service:
     def _serve(self) -> None:
         """One session with the cluster: clients, subscription, the poll-process-commit loop."""
         k, e = self.settings.kafka, self.settings.engine
-        consumer = self._consumer = make_consumer(k)
+        consumer = make_consumer(k)
         producer = make_producer(k, self.transactional_id() if k.exactly_once else None)
         try:
             self._committer = Committer(consumer, producer, k.exactly_once)
@@ -276,7 +276,6 @@ class Service:
         finally:
             self._set_ready(False)
             self._committer = None
-            self._consumer = None
             consumer.close(autocommit=False)
             producer.close(timeout=10)
 
