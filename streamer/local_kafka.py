@@ -37,7 +37,7 @@ class LocalKafka:
     def __init__(self, data_dir: str | os.PathLike | None = None, sasl_password: str | None = None) -> None:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamer-kafka-")) / "kafka"
         self.port = free_port_pair()
-        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_DATA_DIR=str(self.data_dir))
+        self.env = {"KAFKA_PORT": str(self.port), "KAFKA_DATA_DIR": str(self.data_dir)}  # added to the inherited one
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.sasl_bootstrap: str | None = None
         if sasl_password is not None:  # a SASL_PLAINTEXT listener too: PLAIN and SCRAM, user "streamer"
@@ -47,7 +47,9 @@ class LocalKafka:
 
     def run(self, command: str) -> subprocess.CompletedProcess:
         """Run `kafka.sh COMMAND` for this broker; the caller checks returncode (stderr says why)."""
-        return subprocess.run(["bash", str(KAFKA_SH), command], env=self.env, capture_output=True, text=True)
+        # `env NAME=value ...` extends the environment the child inherits; only config.py reads it in Python.
+        settings = [f"{k}={v}" for k, v in self.env.items()]
+        return subprocess.run(["env", *settings, "bash", str(KAFKA_SH), command], capture_output=True, text=True)
 
     def _checked(self, command: str) -> None:
         proc = self.run(command)
