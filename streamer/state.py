@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import sys
 import time
@@ -48,6 +49,8 @@ def _from_le(buf: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> Ten
     itype = _INT_OF_SIZE[torch.empty(0, dtype=dtype).element_size()]
     swapped = torch.frombuffer(raw, dtype=itype).numpy().byteswap()
     return torch.from_numpy(swapped).view(dtype).reshape(shape)
+
+log = logging.getLogger(__name__)
 
 
 class StateStore:
@@ -97,6 +100,7 @@ class StateStore:
         self._seen = np.zeros(capacity, dtype=np.float64)  # last `now` each slot was used
         self._extra: dict[str, dict[str, Any]] = {}
         self.evictions = 0
+        self.discarded = 0  # on_miss snapshots that did not fit this store (their streams started afresh)
 
     @property
     def capacity(self) -> int:
@@ -157,7 +161,12 @@ class StateStore:
             blob = self.on_miss(sid)
             if not blob:
                 continue
-            streams, extras, blocks = self._decode(blob)
+            try:
+                streams, extras, blocks = self._decode(blob)
+            except StateError as exc:  # e.g. written by a model of another architecture
+                self.discarded += 1
+                log.warning("snapshot of %r not loaded, the stream starts afresh: %s", sid, exc)
+                continue
             if sid not in streams:
                 raise StateError(f"on_miss snapshot for {sid!r} holds {streams[:3]} instead")
             i = streams.index(sid)
@@ -323,14 +332,6 @@ class StateStore:
         if pos != len(view):
             raise StateError(f"state snapshot has {len(view) - pos} trailing bytes")
         return streams, extras, blocks
-
-    def compatible(self, data: bytes) -> bool:
-        """Whether a snapshot can be restored into this store (format, dtype and shapes match)."""
-        try:
-            self._decode(data)
-        except StateError:
-            return False
-        return True
 
     def restore(self, data: bytes, now: float | None = None) -> list[str]:
         """Load a snapshot (validated first; may evict to make room); returns the restored stream ids."""

@@ -178,3 +178,14 @@ def test_snapshot_other_dtypes(dtype):
     other.restore(store.snapshot(["a", "b"]))
     for k in SHAPES:
         assert torch.equal(other.gather(other.slots(["a", "b"]))[k], store.gather(slots)[k])
+
+
+def test_on_miss_snapshot_of_another_architecture_starts_the_stream_afresh():
+    other = StateStore({"h": (1, 8)}, 4)
+    other.slots(["s"], now=0.0)
+    other.tensors["h"].fill_(1.0)
+    blob = other.snapshot(["s"])
+    store = StateStore({"h": (1, 4)}, 4, on_miss=lambda sid: blob)
+    slot = store.slots(["s"], now=0.0)
+    assert store.discarded == 1
+    assert torch.count_nonzero(store.gather(slot)["h"]) == 0  # the initial (zero) state, not garbage
