@@ -41,11 +41,7 @@ def plot_losses(report_dir: Path, history: dict[str, Any]) -> Path:
     ax.set_ylabel("loss")
     ax.legend()
     ax.set_title("Loss curves")
-    fig.tight_layout()
-    path = report_dir / "loss_curves.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, report_dir / "loss_curves.png")
 
 
 def plot_forecast(report_dir: Path, history_x: np.ndarray, target: np.ndarray, pred: np.ndarray,
@@ -64,11 +60,7 @@ def plot_forecast(report_dir: Path, history_x: np.ndarray, target: np.ndarray, p
     ax.set_ylabel(f"{channel} (z-score)")
     ax.legend()
     ax.set_title(f"Forecast vs actual, validation slice, channel {channel}")
-    fig.tight_layout()
-    path = report_dir / "forecast.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, report_dir / "forecast.png")
 
 
 def plot_events(report_dir: Path, prob: np.ndarray, labels: np.ndarray, threshold: float) -> Path:
@@ -81,11 +73,7 @@ def plot_events(report_dir: Path, prob: np.ndarray, labels: np.ndarray, threshol
     ax.set_xlabel("step")
     ax.legend(loc="upper right")
     ax.set_title("Event probability on the test stream")
-    fig.tight_layout()
-    path = report_dir / "events.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, report_dir / "events.png")
 
 
 def plot_errors(report_dir: Path, scores: np.ndarray, thresholds: dict[str, float], xlabel: str) -> Path:
@@ -101,8 +89,14 @@ def plot_errors(report_dir: Path, scores: np.ndarray, thresholds: dict[str, floa
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     ax.set_title("Validation error distribution and calibrated thresholds")
+    return _save(fig, report_dir / "error_distribution.png")
+
+
+def _save(fig, path: Path) -> Path:
+    """Tighten, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = report_dir / "error_distribution.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
