@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.detectors.batched import score_streams
 from streamer.detectors.events import HysteresisEvents, SilenceDetector
 from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
 from streamer.engine import StepResults
@@ -59,15 +60,18 @@ class StreamDetectors:
             logits = results.outputs["event"]
             probs = 1.0 / (1.0 + np.exp(-logits.reshape(logits.shape[0], -1)[:, 0]))
         offsets = results.offsets.tolist()
+        extras = [store.get_extra(stream) or {} for stream in results.streams]
+        if self.anomalies is not None:  # all streams at once (see detectors/batched.py)
+            states = [extra.get("anomaly") or self.anomalies.init_state() for extra in extras]
+            per_stream = score_streams(self.anomalies, states, results.streams, results.offsets, results.ts, x,
+                                       one_step)
+            for extra, st, alerts in zip(extras, states, per_stream, strict=True):
+                extra["anomaly"] = st
+                out.alerts.extend(alerts)
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]
             ts = results.ts[a:b]
-            extra = store.get_extra(stream) or {}
-            if self.anomalies is not None:
-                st = extra.get("anomaly") or self.anomalies.init_state()
-                scored = self.anomalies.score(st, ts, x[a:b], one_step[a:b], stream=stream)
-                out.alerts.extend(scored["alerts"])
-                extra["anomaly"] = st
+            extra = extras[i]
             if self.events is not None:
                 st = extra.get("event") or self.events.init_state()
                 out.events.extend(self.events.step(st, ts, probs[a:b], stream=stream))

@@ -82,13 +82,21 @@ class AnomalyPipeline(Detector):
     def init_state(self, n_channels: int | None = None) -> dict[str, Any]:
         """States of all parts."""
         c = n_channels or self.n_channels
-        return {"norm": self.norm.init_state(c), "error": self.error.init_state(c), "lik": self.lik.init_state(),
-                "vlik": self.lik.init_state(), "season": SeasonalMemory().init_state(),
-                "dt": None if self.dt is None else self.dt.init_state(), "alert": self.alerts.init_state(), "damp": 0}
+        # Parts that are switched off hold no state (it is in every changelog record of every stream); the
+        # optional ones are created when first used.
+        state = {"error": self.error.init_state(c), "lik": self.lik.init_state(), "alert": self.alerts.init_state(),
+                 "damp": 0}
+        if self.vlik is not None:
+            state["vlik"] = self.vlik.init_state()
+        if self.season is not None:
+            state["season"] = self.season.init_state()
+        if self.dt is not None:
+            state["dt"] = self.dt.init_state()
+        return state
 
     def prepare(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Model input: readings normalised with the stream's stats so far, float32 [T, C]."""
-        return self.norm.step(state["norm"], ts, values)
+        return self.norm.step(state.setdefault("norm", self.norm.init_state(self.n_channels)), ts, values)
 
     def score(self, state: dict[str, Any], ts: np.ndarray, x_norm: np.ndarray, forecast: np.ndarray,
               stream: str = "") -> dict[str, Any]:
@@ -98,39 +106,57 @@ class AnomalyPipeline(Detector):
             alt = self.season.step(state.setdefault("season", self.season.init_state()), ts, x_norm)
         fe = self.error.step(state["error"], ts, x_norm, forecast, alternative=alt)
         raw = fe["score"]
-        dev = np.sqrt(np.mean(np.square(np.asarray(x_norm, dtype=np.float64)), axis=1))
-        if self.config.value_weight > 0:
-            raw = np.maximum(raw, self.config.value_weight * dev)
+        cfg = self.config
+        dev = None
+        if cfg.value_weight > 0 or self.vlik is not None:
+            dev = np.sqrt(np.mean(np.square(np.asarray(x_norm, dtype=np.float64)), axis=1))
+        if cfg.value_weight > 0:
+            raw = np.maximum(raw, cfg.value_weight * dev)
         lk = self.lik.step(state["lik"], ts, raw)
         if self.dt is None:
             off = np.full(len(raw), np.nan)
             dt = {"ratio": off, "flag": off, "threshold": off}
         else:
+            if state.get("dt") is None:
+                state["dt"] = self.dt.init_state()
             dt = self.dt.step(state["dt"], ts, np.sqrt(np.mean(fe["error"] ** 2, axis=1)))
         final = lk["score"].copy()
         if self.vlik is not None:
             final = np.maximum(final, self.vlik.step(state.setdefault("vlik", self.vlik.init_state()), ts,
                                                      dev)["score"])
-        damp = int(state["damp"])
+        alerts = self.alert_rows(state, np.asarray(ts, dtype=np.int64), final, fe["channels"], stream=stream)
+        return {"score": final, "likelihood": lk["likelihood"], "raw": raw, "channels": fe["channels"],
+                "ratio": dt["ratio"], "flag": dt["flag"], "threshold": dt["threshold"], "alerts": alerts,
+                "fired": _fired_rows(np.asarray(ts, dtype=np.int64), alerts)}
+
+    def alert_rows(self, state: dict[str, Any], ts: np.ndarray, final: np.ndarray, channels: np.ndarray,
+                   stream: str = "") -> list[dict[str, Any]]:
+        """Damping and the alert lifecycle over final scores [T] (damped in place); the alert messages."""
         cfg = self.config
+        damp = int(state["damp"])
         alerts: list[dict[str, Any]] = []
-        ts = np.asarray(ts, dtype=np.int64)
-        for t in range(final.shape[0]):  # damping depends on past alerts only, so it runs row by row
+        first = 0
+        if damp == 0 and state["alert"]["open"] is None:
+            # Nothing is open or damped: rows below the alert level change nothing, so start at the first
+            # row at or above it (usually there is none).
+            above = np.flatnonzero(final >= cfg.alert_on)
+            first = int(above[0]) if above.size else final.shape[0]
+        for t in range(first, final.shape[0]):  # damping depends on past alerts only, so it runs row by row
             if damp > 0:
                 final[t] *= cfg.damp
                 damp -= 1
-            fired = self.alerts.step(state["alert"], ts[t : t + 1], final[t : t + 1], fe["channels"][t : t + 1],
+            fired = self.alerts.step(state["alert"], ts[t : t + 1], final[t : t + 1], channels[t : t + 1],
                                      stream=stream)
             if any(m["state"] == "firing" for m in fired):
                 damp = cfg.suppress
             alerts.extend(fired)
         state["damp"] = damp
-        return {"score": final, "likelihood": lk["likelihood"], "raw": raw, "channels": fe["channels"],
-                "ratio": dt["ratio"], "flag": dt["flag"], "threshold": dt["threshold"], "alerts": alerts,
-                "fired": _fired_rows(ts, alerts)}
+        return alerts
 
 
 def _fired_rows(ts: np.ndarray, alerts: list[dict[str, Any]]) -> np.ndarray:
     """1.0 at the readings where an alert fired, else 0.0 (binary detections at the pipeline's own threshold)."""
+    if not alerts:
+        return np.zeros(len(ts))
     fired = {m["start_ts"] for m in alerts if m["state"] == "firing"}
     return np.array([1.0 if int(t) in fired else 0.0 for t in ts.tolist()])

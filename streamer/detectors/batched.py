@@ -1,0 +1,162 @@
+"""The serving anomaly pipeline for many streams at once: the same arithmetic, vectorised across streams.
+
+`AnomalyPipeline.score` handles one stream; calling it for each of thousands of streams in a batch costs
+tens of numpy calls per stream. Here the per-stream states are gathered into arrays, the readings are
+stepped position by position (the t-th reading of every stream that has one, together), and the states
+are written back: forecast-error z-scores, their root mean square, and the anomaly likelihood, with the
+very operations of `ewma_zscores` and `AnomalyLikelihood.step` in the same order, so the results are
+bitwise those of the per-stream path (a test checks it). The alert lifecycle still runs per stream, but
+only for streams with an open alert, a damped score, or a score at the alert level.
+
+Only the views the daemon serves are vectorised (forecast error + likelihood: no seasonal or value view,
+no Telemanom threshold); any other configuration goes through `AnomalyPipeline.score` stream by stream.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from streamer.detectors.likelihood import _LOG_EPS
+from streamer.detectors.pipeline import AnomalyPipeline
+
+
+def vectorised(pipeline: AnomalyPipeline) -> bool:
+    """Whether `score_streams` can step this pipeline's configuration across streams."""
+    cfg = pipeline.config
+    return (pipeline.season is None and pipeline.vlik is None and pipeline.dt is None and cfg.value_weight <= 0
+            and pipeline.lik.short >= 1)
+
+
+def _tail_scores(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log-likelihood score, likelihood) of standardised means z, with math.erfc/math.log as the per-stream path."""
+    score = np.zeros(z.shape[0])
+    lik = np.zeros(z.shape[0])
+    erfc, log, root2 = math.erfc, math.log, math.sqrt(2.0)
+    for i, v in enumerate(z.tolist()):
+        q = 0.5 * erfc(v / root2)
+        lik[i] = 1.0 - q
+        score[i] = min(1.0, max(0.0, log(q + 1e-10) / _LOG_EPS)) if q < 1.0 else 0.0
+    return score, lik
+
+
+def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], streams: list[str],
+                  offsets: np.ndarray, ts: np.ndarray, x_norm: np.ndarray,
+                  forecast: np.ndarray) -> list[list[dict[str, Any]]]:
+    """Alerts per stream for readings [N, C] laid out by `offsets` (stream i: rows offsets[i]:offsets[i+1]).
+
+    `states` are the streams' pipeline states (updated in place); `forecast[r]` is the one-step forecast
+    made at row r. Equal to calling `pipeline.score` for each stream in turn.
+    """
+    if not vectorised(pipeline):
+        out = []
+        for i, st in enumerate(states):
+            a, b = int(offsets[i]), int(offsets[i + 1])
+            out.append(pipeline.score(st, ts[a:b], x_norm[a:b], forecast[a:b], stream=streams[i])["alerts"])
+        return out
+    S = len(states)
+    off = np.asarray(offsets, dtype=np.int64)
+    starts, lengths = off[:-1], np.diff(off)
+    C = pipeline.n_channels
+    x = np.asarray(x_norm, dtype=np.float64).reshape(-1, C)
+    f = np.asarray(forecast, dtype=np.float64).reshape(-1, C)
+    er, lk = pipeline.error, pipeline.lik
+    # gather
+    prev = np.array([[np.nan if v is None else v for v in st["error"]["pred"]] if st["error"]["pred"] is not None
+                     else [np.nan] * C for st in states], dtype=np.float64).reshape(S, C)
+    e_mean = np.array([st["error"]["mean"] for st in states], dtype=np.float64).reshape(S, C)
+    e_var = np.array([st["error"]["var"] for st in states], dtype=np.float64).reshape(S, C)
+    e_n = np.array([st["error"]["n"] for st in states], dtype=np.int64).reshape(S, C)
+    short = lk.short
+    recent = np.zeros((S, short))
+    r_len = np.zeros(S, dtype=np.int64)
+    for i, st in enumerate(states):
+        r = st["lik"]["recent"][-short:]
+        recent[i, : len(r)] = r
+        r_len[i] = len(r)
+    l_mean = np.array([st["lik"]["mean"] for st in states], dtype=np.float64)
+    l_var = np.array([st["lik"]["var"] for st in states], dtype=np.float64)
+    l_n = np.array([st["lik"]["n"] for st in states], dtype=np.int64)
+
+    # the forecast for row r was made at row r - 1 (at a stream's first row: the carried one)
+    pred = np.empty_like(f)
+    pred[1:] = f[:-1]
+    nonempty = lengths > 0
+    pred[starts[nonempty]] = prev[nonempty]
+    with np.errstate(invalid="ignore"):
+        err = np.abs(x - pred)
+    z = np.zeros_like(err)
+    final = np.zeros(x.shape[0])
+    lo, hi = 0.0, er.zmax
+    for t in range(int(lengths.max()) if S else 0):
+        idx = np.flatnonzero(lengths > t)
+        rows = starts[idx] + t
+        e = err[rows]
+        fin = np.isfinite(e)
+        m, v, n = e_mean[idx], e_var[idx], e_n[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            zz = (e - m) / (np.sqrt(np.where(v > 0.0, v, 0.0)) + er.min_std + 0.0 * np.abs(m))
+        zz = np.where(zz < lo, lo, np.where(zz > hi, hi, zz))
+        z[rows] = np.where(fin & (n >= er.warmup) & (n > 0), zz, 0.0)
+        n1 = n + fin
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / n1
+            a = np.where(er.alpha > inv, er.alpha, inv)
+            d = e - m
+            m1, v1 = m + a * d, (1.0 - a) * (v + d * a * d)
+        e_mean[idx] = np.where(fin, m1, m)
+        e_var[idx] = np.where(fin, v1, v)
+        e_n[idx] = n1
+        # likelihood of the root mean square z (always finite here)
+        raw = np.sqrt(np.mean(z[rows] ** 2, axis=1))
+        full = r_len[idx] >= short
+        if full.any():
+            shift = idx[full]
+            recent[shift, :-1] = recent[shift, 1:]
+        r_len[idx] = np.minimum(r_len[idx] + 1, short)
+        recent[idx, r_len[idx] - 1] = raw
+        k = r_len[idx]
+        acc = recent[idx, 0].copy()
+        for j in range(1, short):
+            acc += np.where(j < k, recent[idx, j], 0.0)
+        mr = acc / k
+        mu, var, nn = l_mean[idx], l_var[idx], l_n[idx]
+        warm = nn >= lk.warmup
+        if warm.any():
+            sd = np.sqrt(np.maximum(var[warm], 0.0)) + lk.min_std + lk.rel_std * np.abs(mu[warm])
+            sc, _ = _tail_scores((mr[warm] - mu[warm]) / sd)
+            final[rows[warm]] = sc
+        nn = nn + 1
+        inv = 1.0 / nn
+        a = np.where(lk.alpha >= inv, lk.alpha, inv)
+        d = mr - mu
+        l_mean[idx] = mu + a * d
+        l_var[idx] = (1.0 - a) * (var + d * a * d)
+        l_n[idx] = nn
+
+    # scatter
+    last = f[np.maximum(off[1:] - 1, 0)]
+    for i, st in enumerate(states):
+        if lengths[i] == 0:
+            continue
+        es, ls = st["error"], st["lik"]
+        es["pred"] = [v if math.isfinite(v) else None for v in last[i].tolist()]
+        es["mean"], es["var"], es["n"] = e_mean[i].tolist(), e_var[i].tolist(), e_n[i].tolist()
+        ls["recent"] = recent[i, : r_len[i]].tolist()
+        ls["mean"], ls["var"], ls["n"] = float(l_mean[i]), float(l_var[i]), int(l_n[i])
+
+    # alerts: only where something can happen
+    alerts: list[list[dict[str, Any]]] = [[] for _ in range(S)]
+    hot = np.zeros(S, dtype=bool)
+    at_level = final >= pipeline.config.alert_on
+    if at_level.any():
+        hot |= np.add.reduceat(at_level, np.minimum(starts, len(final) - 1)) > 0
+        hot &= lengths > 0
+    for i, st in enumerate(states):
+        if hot[i] or st["damp"] or st["alert"]["open"] is not None:
+            a, b = int(off[i]), int(off[i + 1])
+            alerts[i] = pipeline.alert_rows(st, np.asarray(ts[a:b], dtype=np.int64), final[a:b], z[a:b],
+                                            stream=streams[i])
+    return alerts

@@ -1,0 +1,106 @@
+"""The vectorised serving pipeline equals the per-stream one, bit for bit, alerts included."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.detection import SERVING_PIPELINE
+from streamer.detectors.batched import score_streams, vectorised
+from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
+
+
+def _series(rng: np.random.Generator, n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Readings with spikes, a level shift and a NaN, and imperfect forecasts of them."""
+    x = rng.normal(size=(n, c)).cumsum(axis=0) * 0.1
+    x[rng.integers(0, n, size=max(1, n // 40))] += rng.choice([-8.0, 8.0], size=(max(1, n // 40), c))
+    x[n // 2 :] += 3.0
+    if n > 10:
+        x[n // 3, 0] = np.nan
+    f = x + rng.normal(scale=0.05, size=(n, c))  # repeat-last: spikes and shifts surprise it
+    return x.astype(np.float32), f.astype(np.float32)
+
+
+def _run_per_stream(pipe: AnomalyPipeline, data: dict[str, tuple], cuts: dict[str, list[int]]) -> tuple:
+    """Each stream alone, in its own chunks; the states and alerts after every round of the batched run."""
+    states = {s: pipe.init_state() for s in data}
+    alerts: dict[str, list] = {s: [] for s in data}
+    for s, (x, f) in data.items():
+        bounds = [0, *cuts[s], len(x)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            ts = np.arange(a, b, dtype=np.int64) * 1000
+            alerts[s] += pipe.score(states[s], ts, x[a:b], f[a:b], stream=s)["alerts"]
+    return states, alerts
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_equals_per_stream_bitwise(channels):
+    rng = np.random.default_rng(channels)
+    pipe = AnomalyPipeline(channels, PipelineConfig(dt_window=0, likelihood_warmup=30, error_warmup=10,
+                                                    long_halflife=200.0, suppress=5))
+    assert vectorised(pipe)
+    lengths = {f"s{i}": int(n) for i, n in enumerate(rng.integers(0, 400, size=12))}
+    data = {s: _series(rng, n, channels) for s, n in lengths.items()}
+    # rounds: each stream contributes 0..40 readings per round (many streams, uneven chunks)
+    pos = dict.fromkeys(data, 0)
+    cuts: dict[str, list[int]] = {s: [] for s in data}
+    states = {s: pipe.init_state() for s in data}
+    alerts: dict[str, list] = {s: [] for s in data}
+    while any(pos[s] < lengths[s] for s in data):
+        streams, xs, fs, tss, offsets = [], [], [], [], [0]
+        for s in data:
+            take = min(int(rng.integers(0, 40)), lengths[s] - pos[s])
+            if take == 0:
+                continue
+            a, b = pos[s], pos[s] + take
+            streams.append(s)
+            xs.append(data[s][0][a:b])
+            fs.append(data[s][1][a:b])
+            tss.append(np.arange(a, b, dtype=np.int64) * 1000)
+            offsets.append(offsets[-1] + take)
+            pos[s] = b
+            cuts[s].append(b)
+        if not streams:
+            continue
+        got = score_streams(pipe, [states[s] for s in streams], streams, np.array(offsets), np.concatenate(tss),
+                            np.concatenate(xs), np.concatenate(fs))
+        for s, a in zip(streams, got, strict=True):
+            alerts[s] += a
+    for s in cuts:
+        cuts[s] = [c for c in cuts[s] if c < lengths[s]]
+    want_states, want_alerts = _run_per_stream(pipe, data, cuts)
+    assert sum(map(len, want_alerts.values())) > 5  # the spikes did raise alerts
+    assert alerts == want_alerts
+    assert states == want_states  # plain floats compared exactly
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 120), k=st.integers(1, 6))
+def test_batched_equals_per_stream_for_any_chunking(seed, n, k):
+    rng = np.random.default_rng(seed)
+    pipe = AnomalyPipeline(1, PipelineConfig(dt_window=0, likelihood_warmup=5, error_warmup=3, short=4))
+    x, f = _series(rng, n, 1)
+    cuts = sorted(set(rng.integers(1, n, size=k).tolist())) if n > 1 else []
+    st_b = pipe.init_state()
+    got = []
+    for a, b in zip([0, *cuts], [*cuts, n], strict=False):
+        ts = np.arange(a, b, dtype=np.int64) * 1000
+        got += score_streams(pipe, [st_b], ["s"], np.array([0, b - a]), ts, x[a:b], f[a:b])[0]
+    want_states, want_alerts = _run_per_stream(pipe, {"s": (x, f)}, {"s": cuts})
+    assert got == want_alerts["s"]
+    assert st_b == want_states["s"]
+
+
+def test_other_configurations_fall_back_to_the_per_stream_path():
+    pipe = AnomalyPipeline(1, PipelineConfig(value_short=4, dt_window=0))
+    assert not vectorised(pipe) and vectorised(AnomalyPipeline(1, SERVING_PIPELINE))
+    rng = np.random.default_rng(0)
+    x, f = _series(rng, 300, 1)
+    a, b = pipe.init_state(), pipe.init_state()
+    got = score_streams(pipe, [a], ["s"], np.array([0, 300]), np.arange(300), x, f)[0]
+    assert got == pipe.score(b, np.arange(300), x, f, stream="s")["alerts"]
+    assert a == copy.deepcopy(b)
