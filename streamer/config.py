@@ -97,7 +97,7 @@ class EngineSettings(BaseModel):
     capacity: int = Field(default=100_000, gt=0, description="streams held in memory; least recently used go first")
     idle_ttl_s: float | None = Field(default=None, gt=0, description="evict streams idle this long (seconds)")
     max_batch_readings: int = Field(
-        default=5_000, gt=0, description="records per poll and batch (capped at the capacity)")
+        default=20_000, gt=0, description="records per poll and batch (capped at the capacity)")
     max_wait_ms: int = Field(default=100, ge=0, description="longest wait for a batch to fill")
     state_dir: str | None = Field(
         default=None, description="folder of the on-disk cold state store (default: the temp folder)")
@@ -111,6 +111,9 @@ class OutputSettings(BaseModel):
 
     forecast_every: int = Field(
         default=1, gt=0, description="publish a stream's forecast after every n-th of its readings")
+    forecast_records: Literal["batch", "input"] = Field(
+        default="batch", description="batch: one forecast record per stream per batch, with a list per field "
+        "(a few records for many readings); input: one per input record, mirroring its shape")
     anomalies: bool = Field(
         default=True, description="score forecast errors per stream and publish anomaly alerts")
     event_on: float = Field(default=0.6, ge=0, le=1, description="event head: an event starts at this probability")

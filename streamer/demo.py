@@ -12,6 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streamer.config import load_settings
 from streamer.replay import load_series, replay
+from streamer.schema import forecasts_of
 from streamer.service import Service
 from streamer.transport import ensure_topics
 
@@ -57,12 +58,13 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
                         dead += 1
                         print(f"dead letter  reason={msg['reason']:<14} detail={msg['detail']}")
                         continue
-                    outputs += 1
-                    last[msg["stream"]] = msg
-                    if outputs % every == 0 or outputs == 1:
-                        pred = ", ".join(f"{x:+.3f}" for x in msg["forecast"][0])
-                        print(f"output {outputs:>6}/{expected}  stream={msg['stream']:<28} ts={msg['ts']} "
-                              f"n={msg['n']:<5} forecast=[{pred}]")
+                    for one in forecasts_of(msg):  # a record holds the stream's forecasts of one batch
+                        outputs += 1
+                        last[one["stream"]] = one
+                        if outputs % every == 0 or outputs == 1:
+                            pred = ", ".join(f"{x:+.3f}" for x in one["forecast"][0])
+                            print(f"output {outputs:>6}/{expected}  stream={one['stream']:<28} ts={one['ts']} "
+                                  f"n={one['n']:<5} forecast=[{pred}]")
     finally:
         service.stop()
         thread.join(timeout=30)

@@ -250,7 +250,32 @@ class Engine:
                 {},
             )
         now = time.monotonic() if now is None else now
-        batch = self._assemble(chunks)
+        return self._run(self._assemble(chunks), now)
+
+    def step_grouped(self, streams: list[str], offsets: np.ndarray, ts: np.ndarray, values: np.ndarray,
+                     now: float | None = None) -> StepResults:
+        """`step` for readings already grouped: stream i's rows are offsets[i]:offsets[i+1] of `ts` [N] and
+        `values` [N, F], in time order, each stream once (what a caller that builds whole-batch arrays has;
+        saves assembling them again from chunks)."""
+        if len(set(streams)) != len(streams):
+            raise StreamerError("step_grouped: each stream must appear once")
+        offsets = np.asarray(offsets, dtype=np.int64)
+        lengths = np.diff(offsets)
+        values = np.asarray(values, dtype=np.float32)
+        if len(offsets) != len(streams) + 1:
+            raise StreamerError("step_grouped: offsets must have one more entry than streams")
+        if offsets[0] != 0 or offsets[-1] != len(ts) or len(values) != len(ts) or (lengths <= 0).any():
+            raise StreamerError(f"step_grouped: offsets {offsets[[0, -1]].tolist()} do not span {len(ts)} readings "
+                                "with at least one per stream")
+        if values.ndim != 2 or values.shape[1] != self.n_features:
+            raise StreamerError(f"values must be [N, {self.n_features}], got {values.shape}")
+        if self.n_categorical:
+            raise StreamerError(f"the model expects {self.n_categorical} categorical inputs: use step()")
+        now = time.monotonic() if now is None else now
+        return self._run(_Batch(list(streams), lengths, offsets, np.asarray(ts, dtype=np.int64), values, None), now)
+
+    def _run(self, batch: _Batch, now: float) -> StepResults:
+        """The batch in one model call, or in parts of at most the store's capacity."""
         cap = self.store.capacity
         if len(batch.streams) <= cap:
             return self._step(batch, now)

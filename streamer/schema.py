@@ -99,19 +99,27 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         raise InvalidRecord("invalid_schema", f"{where}: {first['msg']}") from None
     if msg.v is not None and msg.v != SCHEMA_VERSION:
         raise InvalidRecord("unknown_version", f"schema version {msg.v}; this streamer reads {SCHEMA_VERSION}")
-    if isinstance(msg, Reading):
-        ts = [msg.ts]
-        rows = [_row(msg.values, channels)]
-    else:
-        if len(msg.ts) != len(msg.values):
-            raise InvalidRecord("wrong_shape", f"{len(msg.ts)} timestamps but {len(msg.values)} rows of values")
-        ts = msg.ts
-        rows = [_row(v, channels) for v in msg.values]
+    if type(msg) is Reading:  # the common case, without the generator expressions of the chunk path
+        row = msg.values if type(msg.values) is list else _row(msg.values, channels)
+        if len(row) != n_features:
+            raise InvalidRecord("wrong_shape", f"expected {n_features} values per reading, got [{len(row)}]")
+        for v in row:  # NaN fails the comparison, and so does anything that would overflow float32 to inf
+            if not -_F32_MAX <= v <= _F32_MAX:
+                raise InvalidRecord("non_finite", "values contain NaN or Inf (or exceed float32)")
+        t = msg.ts
+        if ts_range is not None:
+            if t < ts_range[0]:
+                raise InvalidRecord("ts_too_old", f"timestamp {t} is before {ts_range[0]}")
+            if t > ts_range[1]:
+                raise InvalidRecord("ts_in_future", f"timestamp {t} is after {ts_range[1]}")
+        return msg.stream, [t], [row], False
+    if len(msg.ts) != len(msg.values):
+        raise InvalidRecord("wrong_shape", f"{len(msg.ts)} timestamps but {len(msg.values)} rows of values")
+    ts = msg.ts
+    rows = [_row(v, channels) for v in msg.values]
     if any(len(r) != n_features for r in rows):
         widths = sorted({len(r) for r in rows})
         raise InvalidRecord("wrong_shape", f"expected {n_features} values per reading, got {widths}")
-    # Plain comparisons, cheaper than numpy on a few values: NaN fails both, and so does anything that
-    # would overflow float32 to inf.
     if not all(-_F32_MAX <= v <= _F32_MAX for r in rows for v in r):
         raise InvalidRecord("non_finite", "values contain NaN or Inf (or exceed float32)")
     if len(ts) > 1 and any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
@@ -121,7 +129,14 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
             raise InvalidRecord("ts_too_old", f"timestamp {ts[0]} is before {ts_range[0]}")
         if ts[-1] > ts_range[1]:
             raise InvalidRecord("ts_in_future", f"timestamp {ts[-1]} is after {ts_range[1]}")
-    return msg.stream, ts, rows, not isinstance(msg, Reading)
+    return msg.stream, ts, rows, True
+
+
+def forecasts_of(msg: dict) -> list[dict]:
+    """A forecast message as one dict per reading: records with lists per field (batch or chunk) expanded."""
+    if not isinstance(msg.get("ts"), list):
+        return [msg]
+    return [dict(msg, ts=t, n=n, forecast=f) for t, n, f in zip(msg["ts"], msg["n"], msg["forecast"], strict=True)]
 
 
 def json_safe(v: Any) -> Any:

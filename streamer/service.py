@@ -10,6 +10,7 @@ loop rewinds to the last commit, backs off, reconnects and restores.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from kafka.errors import KafkaError
 from streamer.changelog import ColdStore, restore_partitions
 from streamer.config import Settings, resolve_device
 from streamer.detection import StreamDetectors
-from streamer.engine import Chunk, Engine, initial_state_of
+from streamer.engine import Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError, InvalidRecord
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import ServedModel, checkpoint_signature, load_checkpoint, served_model, wrap_model
@@ -384,6 +385,7 @@ class Service:
             p.reasons[reason] += 1
 
         decoded = []
+        partition_of = self.partition_of
         for r in records:
             try:
                 stream, ts, rows, is_chunk = parse(r.value, n_features, served.channels, k.max_record_bytes,
@@ -394,19 +396,16 @@ class Service:
                 reject(r, exc.reason, exc.detail)
                 continue
             decoded.append((r, stream, ts, rows, is_chunk))
+            partition_of[stream] = r.partition
         if not decoded:
             return
         streams = list(dict.fromkeys(d[1] for d in decoded))
-        for r, stream, *_ in decoded:
-            self.partition_of[stream] = r.partition
         wall = time.time()
         store.slots(streams, wall)  # resident (and loaded from the cold store) before their last ts is read
         last = {s: (store.get_extra(s) or {}).get("ts", -1) for s in streams}
-        accepted: list[tuple[str, int, int]] = []  # (stream, first row, end row) in the batch arrays
-        all_ts: list[int] = []
-        all_rows: list[list[float]] = []
+        # per stream: its timestamps, rows, and (readings, chunk?) of each accepted record, in arrival order
+        groups: dict[str, tuple[list[int], list[list[float]], list[tuple[int, bool]]]] = {}
         # Arrival order decides: a reading not after its stream's last one is refused, however polls fall.
-        records_of: dict[str, list[tuple[int, bool]]] = {}  # per stream: (readings, chunk?) of each record
         for r, stream, ts, rows, is_chunk in decoded:
             first, prev = ts[0], last[stream]
             if first <= prev:
@@ -416,18 +415,25 @@ class Service:
                        f"timestamp {first} is not after the stream's last one, {prev}")
                 continue
             last[stream] = ts[-1]
-            accepted.append((stream, len(all_ts), len(all_ts) + len(ts)))
-            records_of.setdefault(stream, []).append((len(ts), is_chunk))
-            all_ts.extend(ts)
-            all_rows.extend(rows)
-        if not accepted:
+            g = groups.get(stream)
+            if g is None:
+                groups[stream] = g = ([], [], [])
+            g[0].extend(ts)
+            g[1].extend(rows)
+            g[2].append((len(ts), is_chunk))
+        if not groups:
             return
-        # Whole-batch arrays, normalised once; each chunk is a view into them.
-        ts_arr = np.array(all_ts, dtype=np.int64)
-        values = (np.array(all_rows, dtype=np.float32) - served.mean) / served.std
-        chunks = [Chunk(stream, ts_arr[a:b], values[a:b]) for stream, a, b in accepted]
+        # Whole-batch arrays grouped by stream (each stream's readings in time order), normalised once.
+        order = list(groups)
+        offsets = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum([len(g[0]) for g in groups.values()], out=offsets[1:])
+        ts_arr = np.fromiter(itertools.chain.from_iterable(g[0] for g in groups.values()), dtype=np.int64,
+                             count=int(offsets[-1]))
+        values = (np.array(list(itertools.chain.from_iterable(g[1] for g in groups.values())), dtype=np.float32)
+                  - served.mean) / served.std
+        records_of = {s: g[2] for s, g in groups.items()}
         started = time.perf_counter()
-        results = self.engine.step(chunks, now=wall)
+        results = self.engine.step_grouped(order, offsets, ts_arr, values, now=wall)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         n_readings = int(results.offsets[-1])
         self.metrics.batch_readings.observe(n_readings)
@@ -441,14 +447,17 @@ class Service:
         p.readings += n_readings
 
     def _queue_forecasts(self, results, records_of: dict[str, list[tuple[int, bool]]]) -> None:
-        """Forecasts on the cadence (every forecast_every-th reading of a stream), mirroring the input: a
-        reading record yields one forecast record, a chunk record one record with a list per field.
+        """Forecasts on the cadence (every forecast_every-th reading of a stream), one record per stream per
+        batch with a list per field ("batch"), or mirroring the input ("input": a reading record yields one
+        forecast record, a chunk record one record with a list per field).
 
-        Both depend only on the input records, never on how polls fall, so a replay after a crash
-        publishes the very same records.
+        Which readings get a forecast, and every forecast's content, depend only on the input, never on how
+        polls fall; "batch" groups them by poll (a replay after a crash may group them differently), "input"
+        publishes the very same records again.
         """
         k, p, served, store = self.settings.kafka, self._pending, self.served, self.engine.store
         every = self.settings.output.forecast_every
+        by_input = self.settings.output.forecast_records == "input"
         y = results.outputs[served.head]
         y = y.reshape(y.shape[0], -1, served.model.config.n_features) * served.std + served.mean
         finite = bool(np.isfinite(y).all())
@@ -459,29 +468,37 @@ class Service:
         # 4x faster than json.dumps of a dict; a diverging model's non-finite numbers become null.
         tail = f',"model":{json.dumps(served.name)},"version":{json.dumps(served.version)}}}'
         fmt = str if finite else (lambda v: json.dumps(json_safe(v)))
+        topic, n_parts, out, kinds = k.forecast_topic, self._forecast_partitions, p.records, p.kinds
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]
             extra = store.get_extra(stream) or {}
             seen = int(extra.get("n", 0))
+            # (first row, end row, as a list?) of each record to publish, in the batch arrays
+            spans = [(a, b, True)]
+            if by_input:
+                spans, start = [], a
+                for size, is_chunk in records_of[stream]:
+                    spans.append((start, start + size, is_chunk))
+                    start += size
             key, part, head = stream.encode(), None, None
-            start = a
-            for size, is_chunk in records_of[stream]:
-                n0 = seen + start - a  # readings of the stream before this record
-                picks = range(start + (every - n0 % every) - 1, start + size, every)
-                start += size
+            for start, end, as_list in spans:
+                n0 = seen + start - a  # readings of the stream before this span
+                picks = range(start + (every - n0 % every) - 1, end, every)
                 if not picks:
                     continue
                 if part is None:  # once per stream, not per record
-                    part = partition_for(key, self._forecast_partitions)
+                    part = partition_for(key, n_parts)
                     head = f'{{"stream":{json.dumps(stream)},"ts":'
-                if is_chunk:
-                    value = (f'{head}{[ts_all[j] for j in picks]},"n":{[seen + j - a + 1 for j in picks]},'
-                             f'"forecast":{fmt([rows[j] for j in picks])}{tail}')
+                if as_list:
+                    first, stop = picks.start, picks.stop
+                    ns = range(seen + first - a + 1, seen + stop - a + 1, every)
+                    value = (f'{head}{ts_all[first:stop:every]},"n":{list(ns)},'
+                             f'"forecast":{fmt(rows[first:stop:every])}{tail}')
                 else:
                     j = picks[0]
                     value = f'{head}{ts_all[j]},"n":{seen + j - a + 1},"forecast":{fmt(rows[j])}{tail}'
-                p.records.append(OutRecord(k.forecast_topic, key, value.encode(), part))
-                p.kinds["forecast"] += 1
+                out.append(OutRecord(topic, key, value.encode(), part))
+                kinds["forecast"] += 1
             extra["n"] = seen + b - a
             extra["ts"] = ts_all[b - 1]
             store.set_extra(stream, extra)

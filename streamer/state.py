@@ -28,6 +28,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps(separators=...) builds one per call
 _FREE = np.iinfo(np.int64).max  # LRU rank of a free slot: never chosen as a victim
 
 
@@ -272,7 +273,7 @@ class StateStore:
             "streams": streams,
             "extras": [self._extra.get(s) for s in streams],
         }
-        head = json.dumps(header, separators=(",", ":")).encode()
+        head = _COMPACT.encode(header).encode()
         body = [_le_bytes(blocks[n]) for n in self.names]
         return b"".join([_PREFIX.pack(MAGIC, VERSION, len(head)), head, *body])
 
@@ -288,11 +289,31 @@ class StateStore:
         return self.snapshot([stream])
 
     def snapshot_each(self, stream_ids: list[str]) -> list[bytes]:
-        """One snapshot per stream (e.g. one changelog record each), with a single device read."""
+        """One snapshot per stream (e.g. one changelog record each), with a single device read.
+
+        Byte for byte what `snapshot([s])` gives for each stream; the constant part of the header and the
+        tensors' bytes are prepared once for all of them (this runs for every changed stream at every commit).
+        """
         stream_ids = list(stream_ids)
+        if not stream_ids:
+            return []
         idx = torch.from_numpy(self._slots_of(stream_ids)).to(self.device)
-        blocks = {n: t.index_select(1, idx).transpose(0, 1).cpu() for n, t in self.tensors.items()}
-        return [self._encode([s], {n: b[i : i + 1] for n, b in blocks.items()}) for i, s in enumerate(stream_ids)]
+        # per name: [streams, layers * hidden * element size] little-endian bytes, one row per stream
+        rows = []
+        for n in self.names:
+            b = self.tensors[n].index_select(1, idx).transpose(0, 1).cpu().contiguous()
+            raw = np.frombuffer(_le_bytes(b), dtype=np.uint8)
+            rows.append(raw.reshape(len(stream_ids), -1))
+        const = json.dumps({"names": list(self.names), "dtype": _DTYPE_NAMES[self.dtype],
+                            "shapes": {n: list(s) for n, s in self.shapes.items()},
+                            "layout": "per name: [streams, layers, hidden], little-endian"},
+                           separators=(",", ":"))[:-1]
+        dumps, extra_of, pack = _COMPACT.encode, self._extra.get, _PREFIX.pack
+        out = []
+        for i, s in enumerate(stream_ids):
+            head = f'{const},"streams":{dumps([s])},"extras":{dumps([extra_of(s)])}}}'.encode()
+            out.append(b"".join([pack(MAGIC, VERSION, len(head)), head, *(r[i].tobytes() for r in rows)]))
+        return out
 
     def _decode(self, data: bytes) -> tuple[list[str], list[Any], dict[str, Tensor]]:
         view = memoryview(data)

@@ -12,9 +12,16 @@ import uuid
 
 from kafka import KafkaConsumer
 
+from streamer.schema import forecasts_of
 
-def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 60.0, proc=None) -> dict[str, list[dict]]:
-    """Read JSON records (read_committed) from `topics` until `want` arrived, the timeout, or `proc` died."""
+
+def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 60.0, proc=None,
+            expand: bool = True) -> dict[str, list[dict]]:
+    """Read JSON records (read_committed) from `topics` until `want` arrived, the timeout, or `proc` died.
+
+    With `expand`, a forecast record holding several readings (lists per field) counts and is returned as
+    one dict per reading, so tests do not depend on how the daemon's polls grouped them.
+    """
     consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              isolation_level="read_committed", enable_auto_commit=False)
     got: dict[str, list[dict]] = {t: [] for t in topics}
@@ -23,7 +30,8 @@ def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 60.0,
         if proc is not None and proc.poll() is not None:
             break
         for tp, recs in consumer.poll(timeout_ms=200).items():
-            got[tp.topic].extend(json.loads(r.value) for r in recs)
+            values = [json.loads(r.value) for r in recs]
+            got[tp.topic].extend(per_reading(values) if expand else values)
     consumer.close()
     return got
 
@@ -87,11 +95,5 @@ class LogTail:
 
 
 def per_reading(records: list[dict]) -> list[dict]:
-    """Forecast records with chunk records (lists per field) expanded into one dict per reading."""
-    out = []
-    for r in records:
-        if isinstance(r["ts"], list):
-            out.extend(dict(r, ts=t, n=n, forecast=f) for t, n, f in zip(r["ts"], r["n"], r["forecast"], strict=True))
-        else:
-            out.append(r)
-    return out
+    """Forecast records with lists per field (batch or chunk records) expanded into one dict per reading."""
+    return [one for r in records for one in (forecasts_of(r) if "forecast" in r else [r])]

@@ -152,3 +152,23 @@ def test_cuda_matches_cpu(family):
         for a, b in zip(cpu.step(chunks), gpu.step(chunks), strict=True):
             for h in a.outputs:
                 np.testing.assert_allclose(a.outputs[h], b.outputs[h], atol=1e-4)
+
+
+def test_step_grouped_equals_step_on_the_same_readings():
+    a, b = _engine("gru", capacity=3), _engine("gru", capacity=3)  # 5 streams: parts of at most 3 streams
+    rng = np.random.default_rng(5)
+    for rnd in range(3):
+        chunks = [Chunk(f"s{i}", np.arange(10 * rnd, 10 * rnd + n, dtype=np.int64),
+                        rng.normal(size=(n, 2)).astype(np.float32))
+                  for i, n in enumerate(rng.integers(1, 9, size=5))]
+        want = a.step(chunks, now=float(rnd))
+        offsets = np.cumsum([0] + [len(c.ts) for c in chunks])
+        got = b.step_grouped([c.stream for c in chunks], offsets, np.concatenate([c.ts for c in chunks]),
+                             np.concatenate([c.values for c in chunks]), now=float(rnd))
+        assert got.streams == want.streams and np.array_equal(got.offsets, want.offsets)
+        for head in want.outputs:
+            np.testing.assert_array_equal(got.outputs[head], want.outputs[head])
+    with pytest.raises(StreamerError, match="once"):
+        b.step_grouped(["x", "x"], np.array([0, 1, 2]), np.arange(2), np.zeros((2, 2), np.float32))
+    with pytest.raises(StreamerError, match="span"):
+        b.step_grouped(["x"], np.array([0, 3]), np.arange(2), np.zeros((2, 2), np.float32))

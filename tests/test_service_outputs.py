@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from streamer.config import load_settings
 from streamer.models import ModelConfig, build_model
 from streamer.service import Service
-from tests.helpers import collect
+from tests.helpers import collect, per_reading
 
 T0 = 1_700_000_000_000
 
@@ -189,6 +189,7 @@ def _fake_records(bodies: list[dict]) -> list:
 
 
 def test_forecast_cadence_mirrors_input_records_however_polls_fall():
+    """forecast_records="input": the very same records, whichever way the polls fall."""
     bodies = [{"stream": "m", "ts": [1, 2, 3, 4, 5], "values": [[0.1], [0.2], [0.3], [0.4], [0.5]]},
               {"stream": "m", "ts": 6, "values": [0.6]},
               {"stream": "m", "ts": [7, 8], "values": [[0.7], [0.8]]},
@@ -197,7 +198,8 @@ def test_forecast_cadence_mirrors_input_records_however_polls_fall():
 
     def published(polls: list[list[dict]]) -> list[bytes]:
         settings = load_settings(model={"family": "lstm", "n_features": 1, "hidden": 4}, engine={"device": "cpu"},
-                                 output={"forecast_every": 3, "anomalies": False}, metrics={"enabled": False})
+                                 output={"forecast_every": 3, "anomalies": False, "forecast_records": "input"},
+                                 metrics={"enabled": False})
         service = Service(settings)
         for poll in polls:
             service.process(_fake_records(poll))
@@ -208,3 +210,31 @@ def test_forecast_cadence_mirrors_input_records_however_polls_fall():
     got = [json.loads(v) for v in one_poll]
     assert [(g["ts"], g["n"]) for g in got] == [([3], [3]), (6, 6), (9, 9), ([12, 15], [12, 15])]
     assert [len(g["forecast"]) for g in got if isinstance(g["ts"], list)] == [1, 2]
+
+
+def test_batch_forecast_records_hold_one_stream_per_batch_and_equal_input_mode_per_reading():
+    """forecast_records="batch" (the default): one record per stream per poll; per reading the same forecasts."""
+    rng = np.random.default_rng(3)
+    bodies = []
+    for t in range(1, 41):
+        for s in ("a", "b", "c"):
+            bodies.append({"stream": s, "ts": t, "values": [float(rng.normal())]})
+
+    def published(mode: str, polls: list[list[dict]]) -> list[dict]:
+        settings = load_settings(model={"family": "gru", "n_features": 1, "hidden": 4, "seed": 1},
+                                 engine={"device": "cpu"},
+                                 output={"forecast_every": 2, "anomalies": False, "forecast_records": mode},
+                                 metrics={"enabled": False})
+        service = Service(settings)
+        for poll in polls:
+            service.process(_fake_records(poll))
+        return [json.loads(r.value) for r in service._pending.records]
+
+    polls = [bodies[i : i + 30] for i in range(0, len(bodies), 30)]
+    batch = published("batch", polls)
+    assert len(batch) == 3 * len(polls)  # every stream has readings in every poll
+    assert all(isinstance(r["ts"], list) for r in batch)
+    by_input = published("input", polls)
+    assert len(by_input) == 60  # every 2nd of 120 readings
+    assert per_reading(batch) != [] and sorted(map(json.dumps, per_reading(batch))) == sorted(
+        map(json.dumps, by_input))

@@ -23,6 +23,7 @@ def _settings(bootstrap, src, out, dead, **engine):
                "dead_letter_topic": dead, "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
         model={"family": "gru", "n_features": 2, "hidden": 16, "seed": 7},
         engine={"device": "cpu", "max_wait_ms": 50, **engine},
+        output={"forecast_records": "input"},  # this test checks that outputs mirror the input records
         metrics={"port": 0},
     )
 
@@ -62,7 +63,7 @@ def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_
             {"stream": "sensor-0", "ts": 1000 * t, "values": streams["sensor-0"][t].tolist()}).encode())
     producer.close()
 
-    got = collect(kafka_bootstrap, [out, dead], 35)
+    got = collect(kafka_bootstrap, [out, dead], 35, expand=False)
     service.stop()
     thread.join(timeout=30)
     assert not thread.is_alive()
