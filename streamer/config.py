@@ -6,6 +6,7 @@ This is the only module that reads the environment. A wrong setting fails at sta
 from __future__ import annotations
 
 import json
+import os
 from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -99,6 +100,9 @@ class EngineSettings(BaseModel):
     max_batch_readings: int = Field(
         default=20_000, gt=0, description="records per poll and batch (capped at the capacity)")
     max_wait_ms: int = Field(default=100, ge=0, description="longest wait for a batch to fill")
+    threads: int | None = Field(
+        default=None, gt=0, description="torch CPU threads; default half the cores (at least 1): the Kafka "
+        "clients' threads and the broker need the rest, and spinning OpenMP threads on a busy core are slow")
     state_dir: str | None = Field(
         default=None, description="folder of the on-disk cold state store (default: the temp folder)")
     max_future_s: float = Field(
@@ -185,6 +189,11 @@ def resolve_device(choice: str) -> str:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("STREAMER_ENGINE__DEVICE: 'cuda' was asked for but no CUDA device is visible")
     return choice
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The torch CPU thread count: the setting, or half of this machine's cores (at least 1)."""
+    return threads if threads is not None else max(1, (os.cpu_count() or 2) // 2)
 
 
 def settings_reference() -> list[tuple[str, str, str, str]]:

@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from streamer.changelog import ColdStore, restore_partitions
-from streamer.config import Settings, resolve_device
+from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors
 from streamer.engine import Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError, InvalidRecord
@@ -101,6 +102,7 @@ class Service:
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.device = resolve_device(settings.engine.device)
+        self.threads = resolve_threads(settings.engine.threads)
         self.metrics = metrics or Metrics()
         self.served = (wrap_model(model, f"{model.config.family}-h{model.config.hidden}", "code")
                        if model is not None else served_model(settings, self.device))
@@ -206,6 +208,7 @@ class Service:
     def run(self) -> LoopStats:
         """Process until stop() is called, surviving Kafka failures; returns what was done."""
         self._prepare_topics()
+        torch.set_num_threads(self.threads)  # the daemon's process: small model calls, Kafka threads beside
         m = self.settings.metrics
         if m.enabled:
             self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set).start()
@@ -243,7 +246,7 @@ class Service:
             else:
                 consumer.subscribe(k.input_topics, listener=_Rebalance(self))
             log.info("serving", extra={"topics": k.input_pattern or k.input_topics, "group": k.group_id,
-                                       "device": self.device, "model": self.served.name,
+                                       "device": self.device, "threads": self.threads, "model": self.served.name,
                                        "version": self.served.version, "exactly_once": k.exactly_once})
             last_commit = last_lag = last_reload = last_silence = time.monotonic()
             max_records = min(e.max_batch_readings, e.capacity)

@@ -91,3 +91,11 @@ def test_security_settings_reach_the_clients_and_secrets_are_masked():
     assert plain["security_protocol"] == "PLAINTEXT" and "sasl_plain_password" not in plain
     with pytest.raises(ConfigError, match="STREAMER_KAFKA__SASL_USERNAME"):
         load_settings(kafka={"security_protocol": "SASL_PLAINTEXT"})
+
+
+def test_torch_threads_default_to_half_the_cores_and_refuse_zero():
+    from streamer.config import resolve_threads
+
+    assert resolve_threads(3) == 3 and resolve_threads(None) >= 1
+    with pytest.raises(ConfigError, match="STREAMER_ENGINE__THREADS"):
+        load_settings(engine={"threads": 0})
