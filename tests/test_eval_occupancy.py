@@ -136,3 +136,13 @@ def test_eval_occupancy_no_look_ahead(evaluated: dict) -> None:
     # any chunking gives the same outputs as one reading at a time
     c = occ.stream_test(served, s.ts, s.values, occ.EventSettings(chunk=1), thr)
     np.testing.assert_allclose(a["prob"], c["prob"], rtol=0, atol=1e-6)
+
+
+def test_example_config_is_the_built_in_default() -> None:
+    """examples/occupancy.toml and DEFAULT_TRAINING train the same model (data paths aside)."""
+    from training.pipeline import load_config
+
+    cfg = load_config(DATA.parents[1] / "examples" / "occupancy.toml")
+    for key in ("path", "test_path"):
+        assert Path(cfg["data"].pop(key)).name == {"path": "datatraining.txt", "test_path": "datatest.txt"}[key]
+    assert cfg == occ.DEFAULT_TRAINING

@@ -1,4 +1,5 @@
-"""Training pieces added for occupancy: time-of-day inputs derived from timestamps, transition-weighted BCE."""
+"""Training pieces added for occupancy: time-of-day inputs derived from timestamps, transition-weighted BCE, and
+seed ensembles merged into one servable model."""
 
 from __future__ import annotations
 
@@ -47,3 +48,66 @@ def test_transition_weights_and_weighted_bce() -> None:
     heavy = task_loss("event", {"event": logits[..., None]}, y, mask, weight=torch.tensor([[3.0, 1.0, 100.0]]))
     per = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, :2], y[0, :2], reduction="none")
     assert float(heavy) == pytest.approx(float((3 * per[0] + per[1]) / 2))  # the masked step never counts
+
+
+# --------------------------------------------------------------------------------------------- seed ensembles
+
+
+@pytest.mark.parametrize(("family", "layers", "learned_s0"), [("gru", 1, False), ("lstm", 2, True), ("rnn", 1, False)])
+def test_merged_ensemble_is_the_mean_of_its_members_step_for_step(family: str, layers: int,
+                                                                 learned_s0: bool) -> None:
+    from streamer.models import ModelConfig, build_model
+    from training.ensemble import merge
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(family=family, n_features=3, hidden=5, layers=layers, heads=("event",),
+                      learn_initial_state=learned_s0)
+    members = [build_model(cfg) for _ in range(3)]
+    for m in members:
+        for p in m.parameters():
+            p.data.normal_(0.0, 0.5)  # biases and s0 too: zero-initialised ones would hide a misplaced block
+    merged = merge(members)
+    assert merged.config.hidden == 15 and merged.config.layers == layers
+    x = torch.randn(2, 40, 3)
+    want = torch.stack([m(x, None, None, None)[0]["event"] for m in members]).mean(0)
+    got, state = merged(x[:, :25], None, None, None)
+    rest, _ = merged(x[:, 25:], None, state, None)  # carried state: the members' states side by side
+    torch.testing.assert_close(torch.cat([got["event"], rest["event"]], dim=1), want, atol=1e-5, rtol=0)
+
+
+def test_merge_refuses_mixed_architectures_and_embeddings() -> None:
+    from streamer.models import ModelConfig, build_model
+    from training.ensemble import merge
+
+    a = build_model(ModelConfig(family="gru", n_features=3, hidden=4, heads=("event",)))
+    b = build_model(ModelConfig(family="gru", n_features=3, hidden=5, heads=("event",)))
+    with pytest.raises(ConfigError):
+        merge([a, b])
+    with pytest.raises(ConfigError):
+        merge([])
+    c = build_model(ModelConfig(family="gru", n_features=3, hidden=4, heads=("event",), categorical=((7, 2),)))
+    with pytest.raises(ConfigError):
+        merge([c, c])
+
+
+def test_pipeline_trains_an_ensemble_and_serves_it_as_one_model(tmp_path: Path) -> None:
+    from streamer.model_source import load_checkpoint
+    from training.checkpoints import read_meta
+    from training.pipeline import run
+
+    torch.set_num_threads(1)
+    lines = (DATA / "datatraining.txt").read_text().splitlines()
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(lines[:801]) + "\n")
+    cfg = {"data": {"path": str(train), "time_column": "date", "numeric": ["Light", "CO2"], "label": "Occupancy"},
+           "split": {"val_fraction": 0.2, "test_fraction": 0.2},
+           "model": {"family": "gru", "hidden": 4},
+           "train": {"epochs": 1, "batch": 4, "tbptt": 16, "ensemble": 3, "seed": 7, "pos_weight": 1.0}}
+    m = run(cfg, tmp_path / "out", progress=False)
+    assert m["ensemble"]["members"] == 3 and m["ensemble"]["seeds"] == [7, 8, 9]
+    served = load_checkpoint(tmp_path / "out" / "checkpoint")
+    assert served.model.config.hidden == 12
+    meta = read_meta(tmp_path / "out" / "checkpoint")
+    assert len(meta["training"]["member_histories"]) == 3 and 0.0 < meta["thresholds"]["event"] < 1.0
+    with pytest.raises(ConfigError):
+        run({**cfg, "train": {**cfg["train"], "ensemble": 0}}, tmp_path / "bad", progress=False)

@@ -49,6 +49,7 @@ class TrainConfig:
     lr_schedule: str = "plateau"  # plateau, cosine or none
     lr_factor: float = 0.5
     seed: int = 0
+    ensemble: int = 1  # >1: fit this many models (seeds seed, seed+1, ...) and serve their merged mean (pipeline)
     max_minutes: float | None = None
     val_context: int | None = None  # validation pass starts this many rows before the scored rows (None: row 0)
     device: str = "cpu"
@@ -65,7 +66,7 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule {self.lr_schedule!r} must be plateau, cosine or none")
         if not 0.0 <= self.recurrent_dropout < 1.0:
             raise ConfigError(f"recurrent_dropout must be in [0, 1), got {self.recurrent_dropout}")
-        for name in ("epochs", "batch", "tbptt", "window", "score_last"):
+        for name in ("epochs", "batch", "tbptt", "window", "score_last", "ensemble"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train {name} must be >= 1")
 

@@ -1,11 +1,12 @@
-"""One training run from a TOML config: data, splits, normalisation, fit, evaluation, checkpoint, report."""
+"""One training run from a TOML config: data, splits, normalisation, fit (one model, or `train.ensemble` seeds
+merged into one by training.ensemble), evaluation, checkpoint, report."""
 
 from __future__ import annotations
 
 import copy
 import time
 import tomllib
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from training import checkpoints
 from training.baselines import beat_ratio, event_baseline, forecast_baselines, repeat_last
 from training.data import FeatureSpec, Normalizer, Series, fingerprint, load_csv, load_npy, split_fractions, split_rows
 from training.delay import DelayLine, export
+from training.ensemble import merge
 from training.evaluate import (
     calibrate_event_threshold,
     event_metrics,
@@ -145,22 +147,35 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
                                 **mcfg)
     except TypeError as exc:
         raise ConfigError(f"[model]: {exc}") from exc
-    torch.manual_seed(tc.seed)
-    model = build_model(model_cfg)
-    delay = None
-    if context:
-        if task != "forecast":
-            raise ConfigError("model.context (a delay line) is for forecasting")
-        delay = DelayLine(model, context)
-        delay.parametrize_head()
-    hist = fit(model, tc, train, val, delay)
-    export(model)
-    model = model.cpu().eval()
+    if context and task != "forecast":
+        raise ConfigError("model.context (a delay line) is for forecasting")
+    if context and tc.ensemble > 1:
+        raise ConfigError("train.ensemble > 1 does not combine with model.context (a delay line)")
+    members, histories = [], []
+    for i in range(tc.ensemble):
+        mc = replace(tc, seed=tc.seed + i)
+        torch.manual_seed(mc.seed)
+        model = build_model(model_cfg)
+        delay = None
+        if context:
+            delay = DelayLine(model, context)
+            delay.parametrize_head()
+        histories.append(fit(model, mc, train, val, delay))
+        export(model)
+        members.append(model.cpu().eval())
+    # one member: itself; several: one model that is their mean, step for step (training.ensemble)
+    model = members[0] if len(members) == 1 else merge(members)
+    hist = histories[0]
 
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"task": task, "train_seconds": hist.seconds, "best_epoch": hist.best_epoch + 1,
-                               "epochs_run": len(hist.train_loss), "stopped": hist.stopped}
+    metrics: dict[str, Any] = {"task": task, "train_seconds": sum(h.seconds for h in histories),
+                               "best_epoch": hist.best_epoch + 1, "epochs_run": len(hist.train_loss),
+                               "stopped": hist.stopped}
+    if len(histories) > 1:
+        metrics["ensemble"] = {"members": len(histories), "seeds": [tc.seed + i for i in range(len(histories))],
+                               "best_epochs": [h.best_epoch + 1 for h in histories],
+                               "epochs_run": [len(h.train_loss) for h in histories]}
     if task == "forecast":
         thresholds = _forecast_report(model, series, x, val[0], test, horizon, spec, cfg, metrics, report_dir)
     else:
@@ -179,6 +194,8 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         "data_fingerprint": fingerprint([sp["train"]]),
         "metrics": metrics,
     }
+    if len(histories) > 1:
+        meta["training"]["member_histories"] = [h.to_dict() for h in histories]
     checkpoints.save(Path(out) / "checkpoint", model, meta)
     metrics["total_seconds"] = time.monotonic() - t_start
     write_metrics(report_dir, metrics)

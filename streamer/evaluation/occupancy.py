@@ -1,7 +1,10 @@
 """`streamer eval occupancy`: train (or load) an event model, stream the test file through the engine and events.
 
 The model is trained offline by `training.pipeline` on the training file only (its last rows are the validation
-tail that picks the epoch and the decision threshold), or loaded from a checkpoint. The test file is then streamed
+tail that picks the epoch and the decision threshold), or loaded from a checkpoint. The built-in configuration
+(DEFAULT_TRAINING, the same as examples/occupancy.toml) is one 16-unit GRU on the five sensors; `ensemble = k`
+trains seeds seed..seed+k-1 and merges them (`training.ensemble.merge`) into one k-times-wider GRU whose output is
+the members' mean logit, so the engine still serves one model. The test file is then streamed
 once, in time order, in chunks of readings through `Engine.step` exactly as the daemon feeds it (readings z-scored
 with the checkpoint's training statistics, per-stream state carried in the state store, never reset), and the
 per-reading event probabilities go through the hysteresis detector `HysteresisEvents`, whose state lives in the
@@ -43,7 +46,7 @@ DEFAULT_TRAINING: dict[str, Any] = {
     "model": {"family": "gru", "hidden": 16, "horizon": 1},
     "train": {"mode": "stateful", "epochs": 40, "batch": 16, "tbptt": 32, "washout": 0, "lr": 0.01,
               "pos_weight": 1.0, "clip_norm": 1.0, "recurrent_dropout": 0.0, "patience": 6,
-              "lr_schedule": "plateau", "seed": 0, "max_minutes": 7},
+              "lr_schedule": "plateau", "seed": 0, "ensemble": 1, "max_minutes": 7},
     "report": {"tolerance": TOLERANCE},
 }
 
@@ -288,6 +291,8 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
         train_info = {"train_seconds": round(metrics["train_seconds"], 2), "best_epoch": metrics["best_epoch"],
                       "epochs_run": metrics["epochs_run"], "val_accuracy": metrics.get("val_accuracy"),
                       "pipeline_test_accuracy": metrics.get("test_accuracy")}
+        if "ensemble" in metrics:
+            train_info["ensemble"] = metrics["ensemble"]
     t_train = time.perf_counter() - started
     served = load_checkpoint(checkpoint)
     from training.checkpoints import read_meta
