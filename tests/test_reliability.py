@@ -45,31 +45,39 @@ def _assert_same_outputs(got: list[dict], want: list[dict]) -> None:
                                    atol=1e-5)
 
 
-def _run_to_completion(env: dict, bootstrap: str, out: str, total: int, timeout: float = 120) -> list[dict]:
+def _run_to_completion(env: dict, bootstrap: str, out: str, total: int, timeout: float = 120,
+                       expand: bool = True) -> list[dict]:
     proc = start_serve(env)
     try:
-        got = collect(bootstrap, [out], total, timeout=timeout, proc=proc)[out]
+        got = collect(bootstrap, [out], total, timeout=timeout, proc=proc, expand=expand)[out]
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         if len(got) == total:  # a duplicate would come after the last expected record: wait for one
-            got = collect(bootstrap, [out], total + 1, timeout=3)[out]
+            got = collect(bootstrap, [out], total + 1, timeout=3, expand=expand)[out]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     return got
 
 
-@pytest.mark.parametrize("kills", [pytest.param(5, id="5-kills"),
-                                   pytest.param(20, id="20-kills", marks=pytest.mark.slow)])
-def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_topic, kills):
+@pytest.mark.parametrize(("kills", "records"), [
+    pytest.param(5, "batch", id="5-kills-batch"),
+    pytest.param(5, "input", id="5-kills-input"),
+    pytest.param(20, "batch", id="20-kills-batch", marks=pytest.mark.slow)])
+def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_topic, kills, records):
+    """records="input": the very same forecast records; "batch" (the default, one record per stream per
+    batch, grouped by how polls fall): the same forecast for every reading, each exactly once."""
     src = new_topic("readings", partitions=2)
     total = _produce_readings(kafka_bootstrap, src, streams=6, per_stream=600)
     # Small batches: hundreds of transactions, so the kills land between and inside them.
-    knobs = {"STREAMER_ENGINE__MAX_BATCH_READINGS": "12", "STREAMER_MODEL__HIDDEN": "16"}
+    knobs = {"STREAMER_ENGINE__MAX_BATCH_READINGS": "12", "STREAMER_MODEL__HIDDEN": "16",
+             "STREAMER_OUTPUT__FORECAST_RECORDS": records}
+    expand = records == "batch"  # input mode: compare the records as published (one per reading here)
 
     ref_out = new_topic("ref-out")
     reference = _run_to_completion(serve_env(kafka_bootstrap, src, ref_out, new_topic("ref-dead"), **knobs),
-                                   kafka_bootstrap, ref_out, total)
+                                   kafka_bootstrap, ref_out, total, expand=expand)
     assert len(reference) == total
+    assert all(isinstance(r["ts"], int) for r in reference)  # per reading (expanded, or as published)
 
     out = new_topic("crash-out")
     env = serve_env(kafka_bootstrap, src, out, new_topic("crash-dead"), **knobs,
@@ -82,15 +90,15 @@ def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_
         # Start-up time varies with load: wait for this instance's first commit, then kill it at random.
         deadline = time.monotonic() + 60
         while done < total and time.monotonic() < deadline and proc.poll() is None:
-            if len(collect(kafka_bootstrap, [out], total, timeout=0.5)[out]) > done:
+            if len(collect(kafka_bootstrap, [out], total, timeout=0.5, expand=expand)[out]) > done:
                 break
         time.sleep(rng.uniform(0.0, 1.5))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
-        done = len(collect(kafka_bootstrap, [out], total, timeout=2)[out])
+        done = len(collect(kafka_bootstrap, [out], total, timeout=2, expand=expand)[out])
         committed_before_kill.append(done)
-    final = _run_to_completion(env, kafka_bootstrap, out, total)
+    final = _run_to_completion(env, kafka_bootstrap, out, total, expand=expand)
     # The kills interrupted real work: some progress was committed before the last kill, not all of it.
     assert any(0 < n < total for n in committed_before_kill), committed_before_kill
     _assert_same_outputs(final, reference)
