@@ -1,4 +1,5 @@
-"""`streamer eval smap` on a small slice (two channels, first rows), Telemanom's event-level counting, pruning."""
+"""`streamer eval smap` on a small slice (two channels, first rows), Telemanom's event-level counting, pruning,
+buffered threshold objective and inverted errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.detectors.thresholds import TelemanomSequences, telemanom_prune
+from streamer.detectors.thresholds import TelemanomSequences, telemanom_epsilon, telemanom_prune
 from streamer.eval_cli import register
 from streamer.evaluation import smap
 
@@ -48,6 +49,30 @@ def test_telemanom_sequences_flag_a_burst_once_decided() -> None:
     assert all(d >= r for r, d in zip(out["anomalous"], out["decided"], strict=True))  # decided later, never before
 
 
+def test_buffered_epsilon_counts_nearby_spikes_as_one_sequence() -> None:
+    rng = np.random.default_rng(0)
+    e = np.abs(rng.normal(0, 0.05, 2000))
+    e[1000:1140:20] += 0.5  # seven spikes 20 readings apart: seven sequences unbuffered, one within a buffer of 100
+    z = np.arange(2.5, 12, 0.5)
+    spikes, noise = e[1000:1140:20], np.delete(e, np.arange(1000, 1140, 20))
+    plain, buffered = telemanom_epsilon(e, z), telemanom_epsilon(e, z, buffer=100)
+    assert noise.max() < buffered < spikes.min()  # Telemanom's count: one sequence, all spikes above
+    assert (spikes < plain).any()  # unbuffered: more than five sequences at every z below them, fallback too high
+
+
+def test_inverted_errors_flag_a_drop_in_the_errors() -> None:
+    rng = np.random.default_rng(1)
+    err = 0.5 + np.abs(rng.normal(0, 0.05, 4000))
+    err[2500:2700] = 0.0  # the forecast became exact: a signal gone flat, say
+    values = np.sin(np.arange(4000) / 20)
+    found = {}
+    for invert in (False, True):
+        det = TelemanomSequences(invert=invert, epsilon_buffer=100)
+        found[invert] = np.array(det.step(det.init_state(), np.arange(4000), err, values)["anomalous"])
+    assert found[False].size == 0
+    assert found[True].size and found[True].min() >= 2490 and found[True].max() < 2800
+
+
 def test_eval_smap_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str], one_torch_thread: None) -> None:
     out = tmp_path / "out"
     args = parse(["eval", "smap", "--data", str(SMAP), "--out", str(out), "--json", "--quiet", "--epochs", "3",
@@ -60,3 +85,17 @@ def test_eval_smap_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str
     saved = json.loads((out / "channels" / "A-6.json").read_text())
     assert set(saved) >= {"predicted", "labelled", "tp", "fp", "fn"}
     assert (out / "best.png").stat().st_size > 0 and (out / "worst.png").stat().st_size > 0
+
+
+def test_forecaster_is_fitted_on_ten_steps_and_scored_on_the_first(one_torch_thread: None) -> None:
+    t = np.arange(1200, dtype=np.float32)
+    data = np.zeros((1200, 25), dtype=np.float32)
+    data[:, 0] = np.sin(t / 15)
+    ch = smap.Channel("synthetic", data[:800], data[800:], [])
+    cfg = smap.SmapConfig(epochs=60, skip=20)
+    model = smap.fit_channel(ch, cfg)
+    assert model.config.horizon == cfg.horizon == 10
+    res = smap.stream_channel(ch, model, cfg)
+    err = np.abs(res["pred"][50:] - ch.test[50:, 0])
+    assert np.isnan(res["pred"][0]) and np.isfinite(res["pred"][1:]).all()
+    assert err.mean() < 0.5 * np.abs(ch.test[50:, 0]).mean()  # far better than forecasting zero: it learnt

@@ -10,8 +10,15 @@ import numpy as np
 from streamer.detectors.base import Detector
 
 
-def telemanom_epsilon(e_s: np.ndarray, z_values: np.ndarray, max_seqs: int = 5) -> float:
-    """Threshold mu + z sigma maximising (dmu/mu + dsigma/sigma) / (|E_a| + |E_seq|^2) over z (Telemanom eq. 2)."""
+def telemanom_epsilon(e_s: np.ndarray, z_values: np.ndarray, max_seqs: int = 5, buffer: int = 0) -> float:
+    """Threshold mu + z sigma maximising (dmu/mu + dsigma/sigma) / (|E_a| + |E_seq|^2) over z (Telemanom eq. 2).
+
+    With `buffer` > 0 the count is Telemanom's own (`find_epsilon`): each value above the threshold is widened by
+    `buffer` - 1 readings on either side before E_a and the sequences E_seq (single readings not counted) are
+    counted, and mu + 12 sigma is kept when no z qualifies.
+    """
+    if buffer > 0:
+        return _epsilon_buffered(e_s, z_values, max_seqs, buffer)
     mu, sd = float(e_s.mean()), float(e_s.std())
     best, eps = -math.inf, mu + float(z_values[-1]) * sd
     if sd <= 0.0 or mu <= 0.0:
@@ -28,6 +35,31 @@ def telemanom_epsilon(e_s: np.ndarray, z_values: np.ndarray, max_seqs: int = 5) 
             continue
         score = ((mu - below.mean()) / mu + (sd - below.std()) / sd) / (n_above + n_seq**2)
         if score >= best:
+            best, eps = score, e
+    return eps
+
+
+def _epsilon_buffered(e_s: np.ndarray, z_values: np.ndarray, max_seqs: int, buffer: int) -> float:
+    """`telemanom_epsilon` with Telemanom's widened anomaly count (its `find_epsilon`)."""
+    mu, sd = float(e_s.mean()), float(e_s.std())
+    best, eps = 0.0, mu + 12.0 * sd
+    if sd <= 0.0 or mu <= 0.0:
+        return eps
+    n = e_s.size
+    for z in z_values.tolist():
+        e = mu + z * sd
+        idx = np.flatnonzero(e_s > e)
+        below = e_s[e_s < e]
+        if idx.size == 0 or below.size == 0:
+            continue
+        edges = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(edges, np.maximum(0, idx - (buffer - 1)), 1)
+        np.add.at(edges, np.minimum(n, idx + buffer), -1)
+        widened = np.cumsum(edges[:n]) > 0
+        n_anom = int(widened.sum())
+        n_seq = sum(1 for a, b in _runs(widened) if b > a)
+        score = ((mu - below.mean()) / mu + (sd - below.std()) / sd) / (n_seq**2 + n_anom)
+        if score >= best and n_seq <= max_seqs and n_anom < 0.5 * n:
             best, eps = score, e
     return eps
 
@@ -104,7 +136,10 @@ class TelemanomSequences(Detector):
     every `batch` readings the threshold epsilon is computed on the last `window` smoothed errors (eq. 2), the
     runs above it are found in that window, pruned (`prune`: a run must stand out from the next smaller one by
     that fraction) and its runs inside the newest batch are reported. Errors below `min_frac` of the window's
-    5-95 percentile value range never count (flat channels), as in Telemanom.
+    5-95 percentile value range never count (flat channels), as in Telemanom. `invert`: as Telemanom, the errors
+    mirrored around the window's mean are thresholded and pruned the same way (unusually small errors, e.g. a
+    signal that went flat, are anomalous too). `epsilon_buffer` > 0: Telemanom's own anomaly count in the
+    threshold's objective (see `telemanom_epsilon`). Both off by default.
 
     `step` returns 'es' and 'threshold' per reading and 'anomalous': the global reading numbers (0-based count of
     readings this stream has seen) of the readings decided anomalous in this call, each decided when its batch
@@ -116,35 +151,50 @@ class TelemanomSequences(Detector):
 
     def __init__(self, window: int = 2100, batch: int = 70, span: float = 105.0, prune: float = 0.13,
                  min_frac: float = 0.05, warmup: int = 70, z_min: float = 2.5, z_max: float = 12.0,
-                 z_step: float = 0.5) -> None:
+                 z_step: float = 0.5, invert: bool = False, epsilon_buffer: int = 0) -> None:
         self.window, self.batch, self.prune, self.min_frac, self.warmup = window, batch, prune, min_frac, warmup
         self.alpha = 2.0 / (span + 1.0)
         self.z_values = np.arange(z_min, z_max, z_step)
+        self.invert, self.epsilon_buffer = invert, epsilon_buffer
 
     def init_state(self, n_channels: int = 1) -> dict[str, Any]:
         """No readings yet."""
         return {"n": 0, "es": None, "buf": [], "vals": [], "idx": [], "since": 0, "eps": None}
 
-    def _decide(self, es: np.ndarray, vals: np.ndarray, idx: np.ndarray, new: int) -> tuple[float, list[int]]:
-        eps = telemanom_epsilon(es, self.z_values)
-        fin = vals[np.isfinite(vals)]
-        rng = float(np.percentile(fin, 95) - np.percentile(fin, 5)) if fin.size else 0.0
-        floor = self.min_frac * rng
-        if not (es.std() > self.min_frac * (fin.std() if fin.size else 0.0) or es.max() > floor) \
-                or es.max() <= self.min_frac:
-            return eps, []
+    def _epsilon(self, es: np.ndarray) -> float:
+        """Threshold of one window of (possibly inverted) smoothed errors."""
+        return telemanom_epsilon(es, self.z_values, buffer=self.epsilon_buffer)
+
+    def _flag(self, es: np.ndarray, eps: float, floor: float, idx: np.ndarray, first_new: int) -> list[int]:
+        """Reading numbers in the newest batch of the pruned runs of es above both eps and floor."""
         above = (es > eps) & (es > floor)
         runs = _runs(above)
         if not runs:
-            return eps, []
+            return []
         rest = es[~above]
         keep = telemanom_prune([float(es[a : b + 1].max()) for a, b in runs],
                                float(rest.max()) if rest.size else 0.0, self.prune)
-        first_new = len(es) - new
         out: list[int] = []
         for (a, b), k in zip(runs, keep, strict=True):
             if k and b >= first_new:
                 out.extend(idx[max(a, first_new) : b + 1].tolist())
+        return out
+
+    def _decide(self, es: np.ndarray, vals: np.ndarray, idx: np.ndarray, new: int) -> tuple[float, list[int]]:
+        """(epsilon, reading numbers flagged in the newest `new` readings) for one window."""
+        eps = self._epsilon(es)
+        fin = vals[np.isfinite(vals)]
+        rng = float(np.percentile(fin, 95) - np.percentile(fin, 5)) if fin.size else 0.0
+        floor = self.min_frac * rng
+        spread = es.std() > self.min_frac * (fin.std() if fin.size else 0.0)
+        first_new = len(es) - new
+        out: list[int] = []
+        if (spread or es.max() > floor) and es.max() > self.min_frac:
+            out = self._flag(es, eps, floor, idx, first_new)
+        if self.invert:  # errors mirrored around their mean: unusually small errors (drops) are anomalous too
+            inv = 2.0 * es.mean() - es
+            if (spread or inv.max() > floor) and inv.max() > self.min_frac:
+                out = sorted(set(out).union(self._flag(inv, self._epsilon(inv), floor, idx, first_new)))
         return eps, out
 
     def step(self, state: dict[str, Any], ts: np.ndarray, error: np.ndarray,

@@ -1,14 +1,21 @@
 """`streamer eval smap`: Telemanom's evaluation (Hundman et al., KDD 2018) on NASA SMAP telemetry, streamed.
 
-Per channel, as Telemanom does: a small recurrent forecaster is fitted on the channel's train array (inputs:
-column 0, the telemetry value, and the 24 one-hot command columns; target: the next telemetry value). The
-test array is then streamed once, in order, in chunks through `Engine.step` exactly as the daemon serves a
-stream; the one-step forecast errors go through `TelemanomSequences` (EWMA smoothing, the nonparametric
-dynamic threshold over a trailing window, pruning), and flagged readings, widened by Telemanom's error buffer,
-form the predicted anomalous sequences. Scoring is Telemanom's event level (no point adjustment): a labelled
-sequence overlapped by a predicted one is a true positive, labelled sequences with none are false negatives,
-predicted sequences that overlap no labelled one are false positives; precision = TP / (TP + FP),
-recall = TP / (TP + FN), summed over channels.
+Per channel, as Telemanom does: a small recurrent forecaster (GRU, 32 units, 40 full-batch Adam steps) is fitted
+on the channel's train array only (inputs: column 0, the telemetry value, and the 24 one-hot command columns;
+targets: the next 10 telemetry values, Telemanom's n_predictions). The test array is then streamed once, in
+order, in chunks through `Engine.step` exactly as the daemon serves a stream (hidden state carried across
+chunks); the error of row t is |value_t - the one-step forecast made at row t - 1|, and the first 250 rows are
+not scored (cold state; Telemanom's first forecast needs l_s = 250 rows). The errors go through
+`TelemanomSequences` with Telemanom's settings: EWMA smoothing (span 105); every 70 readings the threshold is
+found on the last 2100 smoothed errors with Telemanom's objective, anomalies counted widened by the error
+buffer (100); windows whose errors are small beside the values' range are skipped; runs above the threshold
+are pruned (p = 0.13) and those in the newest 70 readings are flagged; the same is done on the errors mirrored
+around the window's mean (drops). Flagged readings, widened by the error buffer, form the predicted anomalous
+sequences. No test label is used except for scoring, one configuration serves every channel. Scoring is
+Telemanom's event level (no point adjustment): a labelled sequence overlapped by a predicted one is a true
+positive, labelled sequences with none are false negatives, predicted sequences that overlap no labelled one are
+false positives; precision = TP / (TP + FP), recall = TP / (TP + FN), summed over channels. Indices are those of
+the test arrays, as are the labels.
 """
 
 from __future__ import annotations
@@ -42,14 +49,16 @@ class SmapConfig:
     segments: int = 16
     washout: int = 10  # first steps of each training piece are not fitted (cold state)
     lr: float = 5e-3
+    horizon: int = 10  # Telemanom's n_predictions: fitted on the next 10 values; the errors use the first
     chunk: int = 1024  # test readings per engine step
-    skip: int = 50  # first test readings are not scored (cold state; Telemanom skips l_s = 250)
+    skip: int = 250  # first test readings are not scored (cold state; Telemanom's first forecast needs l_s = 250)
     window: int = 2100  # Telemanom: window_size 30 x batch_size 70
     batch: int = 70
     span: float = 105.0  # Telemanom: smoothing_perc 0.05 x window
     prune: float = 0.13  # Telemanom: p
-    error_buffer: int = 100  # Telemanom: flagged readings widened by this many on each side
+    error_buffer: int = 100  # Telemanom: flagged readings widened by this many on each side (also in epsilon's count)
     min_frac: float = 0.05
+    invert: bool = True  # Telemanom: the errors mirrored around their mean are thresholded too (drops)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -121,22 +130,23 @@ def load_channels(root: Path, labels: Path, only: list[str] | None = None, space
 
 
 def fit_channel(ch: Channel, cfg: SmapConfig) -> RecurrentModel:
-    """A forecaster of the next telemetry value from all 25 columns, fitted on the train array only."""
+    """A forecaster of the next `horizon` telemetry values from all 25 columns, fitted on the train array only."""
     torch.manual_seed(cfg.seed)
-    f = ch.train.shape[1]
+    f, k = ch.train.shape[1], cfg.horizon
     model = build_model(ModelConfig(family=cfg.family, n_features=f, hidden=cfg.hidden, heads=("forecast",),
-                                    horizon=1))
-    n = len(ch.train) - 1
+                                    horizon=k))
+    n = len(ch.train) - k
     s = max(1, min(cfg.segments, n // (4 * cfg.washout + 1)))
     L = n // s
     x = torch.from_numpy(ch.train[: s * L].reshape(s, L, f))
-    y = torch.from_numpy(ch.train[1 : s * L + 1, 0].reshape(s, L))
+    rows = np.arange(s * L)[:, None] + np.arange(1, k + 1)[None, :]  # row t is fitted on rows t+1 .. t+k
+    y = torch.from_numpy(ch.train[rows, 0].reshape(s, L, k))
     w = min(cfg.washout, L // 2)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
     for _ in range(cfg.epochs):
         out, _ = model(x, strategy="segments")
-        loss = torch.nn.functional.mse_loss(out["forecast"][:, w:, 0, 0], y[:, w:])
+        loss = torch.nn.functional.mse_loss(out["forecast"][:, w:, :, 0], y[:, w:])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -148,7 +158,7 @@ def stream_channel(ch: Channel, model: RecurrentModel, cfg: SmapConfig) -> dict[
     """The test array streamed through the engine; errors through TelemanomSequences; predicted sequences."""
     engine = Engine.from_model(model, capacity=1, device="cpu")
     det = TelemanomSequences(window=cfg.window, batch=cfg.batch, span=cfg.span, prune=cfg.prune,
-                             min_frac=cfg.min_frac)
+                             min_frac=cfg.min_frac, invert=cfg.invert, epsilon_buffer=cfg.error_buffer)
     st = det.init_state()
     n = len(ch.test)
     ts = np.arange(n, dtype=np.int64) * 60_000
@@ -159,7 +169,7 @@ def stream_channel(ch: Channel, model: RecurrentModel, cfg: SmapConfig) -> dict[
     for a in range(0, n, cfg.chunk):
         sl = slice(a, min(n, a + cfg.chunk))
         res = engine.step([Chunk(ch.name, ts[sl], ch.test[sl])])[0]
-        fc = res.outputs["forecast"][:, 0, 0].astype(np.float64)
+        fc = res.outputs["forecast"][:, 0, 0].astype(np.float64)  # one step ahead
         p = np.r_[prev, fc[:-1]]  # the forecast of row t was made at row t - 1
         prev = float(fc[-1])
         pred[sl] = p
