@@ -67,7 +67,7 @@ def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_
     """records="input": the very same forecast records; "batch" (the default, one record per stream per
     batch, grouped by how polls fall): the same forecast for every reading, each exactly once."""
     src = new_topic("readings", partitions=2)
-    total = _produce_readings(kafka_bootstrap, src, streams=6, per_stream=600)
+    total = _produce_readings(kafka_bootstrap, src, streams=6, per_stream=900)
     # Small batches: hundreds of transactions, so the kills land between and inside them.
     knobs = {"STREAMER_ENGINE__MAX_BATCH_READINGS": "12", "STREAMER_MODEL__HIDDEN": "16",
              "STREAMER_OUTPUT__FORECAST_RECORDS": records}
@@ -92,7 +92,7 @@ def test_kill9_at_random_instants_equals_uninterrupted_run(kafka_bootstrap, new_
         while done < total and time.monotonic() < deadline and proc.poll() is None:
             if len(collect(kafka_bootstrap, [out], total, timeout=0.5, expand=expand)[out]) > done:
                 break
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.4))  # the whole input takes a few seconds: kill within the work
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
