@@ -75,6 +75,14 @@ def decode(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None 
     return Decoded(stream, np.array(ts, dtype=np.int64), np.array(rows, dtype=np.float32))
 
 
+def _check_range(first: int, last: int, ts_range: tuple[int, int]) -> None:
+    """Refuse a record whose timestamps leave (lowest, highest)."""
+    if first < ts_range[0]:
+        raise InvalidRecord("ts_too_old", f"timestamp {first} is before {ts_range[0]}")
+    if last > ts_range[1]:
+        raise InvalidRecord("ts_in_future", f"timestamp {last} is after {ts_range[1]}")
+
+
 def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None = None,
           max_bytes: int = 1_048_576, ts_range: tuple[int, int] | None = None
           ) -> tuple[str, list[int], list[list[float]], bool]:
@@ -112,13 +120,9 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         for v in row:  # NaN fails the comparison, and so does anything that would overflow float32 to inf
             if not -_F32_MAX <= v <= _F32_MAX:
                 raise InvalidRecord("non_finite", "values contain NaN or Inf (or exceed float32)")
-        t = msg.ts
         if ts_range is not None:
-            if t < ts_range[0]:
-                raise InvalidRecord("ts_too_old", f"timestamp {t} is before {ts_range[0]}")
-            if t > ts_range[1]:
-                raise InvalidRecord("ts_in_future", f"timestamp {t} is after {ts_range[1]}")
-        return msg.stream, [t], [row], False
+            _check_range(msg.ts, msg.ts, ts_range)
+        return msg.stream, [msg.ts], [row], False
     if len(msg.ts) != len(msg.values):
         raise InvalidRecord("wrong_shape", f"{len(msg.ts)} timestamps but {len(msg.values)} rows of values")
     ts = msg.ts
@@ -131,10 +135,7 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
     if len(ts) > 1 and any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
         raise InvalidRecord("unordered_chunk", "timestamps of a chunk must strictly increase")
     if ts_range is not None:
-        if ts[0] < ts_range[0]:
-            raise InvalidRecord("ts_too_old", f"timestamp {ts[0]} is before {ts_range[0]}")
-        if ts[-1] > ts_range[1]:
-            raise InvalidRecord("ts_in_future", f"timestamp {ts[-1]} is after {ts_range[1]}")
+        _check_range(ts[0], ts[-1], ts_range)
     return msg.stream, ts, rows, True
 
 
