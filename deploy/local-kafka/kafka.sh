@@ -105,7 +105,12 @@ up() {
   rm -rf "$data"
   write_config
   local cluster_id
-  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # base64url of 16 random bytes; one starting with '-' would be read as an option (Kafka's own random-uuid
+  # avoids those the same way)
+  cluster_id=-
+  while [[ "$cluster_id" == -* ]]; do
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
   java -cp "$jars/*" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$data/logs" \
     kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$data/server.properties" \
     ${sasl_port:+--add-scram "SCRAM-SHA-256=[name=streamer,password=$sasl_password]"} \
