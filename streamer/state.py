@@ -264,15 +264,17 @@ class StateStore:
         except KeyError as e:
             raise StateError(f"stream {e.args[0]!r} is not resident") from None
 
-    def _encode(self, streams: list[str], blocks: dict[str, Tensor]) -> bytes:
-        header = {
+    def _layout_header(self) -> dict[str, Any]:
+        """The part of a snapshot's header that is the same for every snapshot of this store."""
+        return {
             "names": list(self.names),
             "dtype": _DTYPE_NAMES[self.dtype],
             "shapes": {n: list(s) for n, s in self.shapes.items()},
             "layout": "per name: [streams, layers, hidden], little-endian",
-            "streams": streams,
-            "extras": [self._extra.get(s) for s in streams],
         }
+
+    def _encode(self, streams: list[str], blocks: dict[str, Tensor]) -> bytes:
+        header = {**self._layout_header(), "streams": streams, "extras": [self._extra.get(s) for s in streams]}
         head = _COMPACT.encode(header).encode()
         body = [_le_bytes(blocks[n]) for n in self.names]
         return b"".join([_PREFIX.pack(MAGIC, VERSION, len(head)), head, *body])
@@ -304,10 +306,7 @@ class StateStore:
             b = self.tensors[n].index_select(1, idx).transpose(0, 1).cpu().contiguous()
             raw = np.frombuffer(_le_bytes(b), dtype=np.uint8)
             rows.append(raw.reshape(len(stream_ids), -1))
-        const = json.dumps({"names": list(self.names), "dtype": _DTYPE_NAMES[self.dtype],
-                            "shapes": {n: list(s) for n, s in self.shapes.items()},
-                            "layout": "per name: [streams, layers, hidden], little-endian"},
-                           separators=(",", ":"))[:-1]
+        const = _COMPACT.encode(self._layout_header())[:-1]  # without its closing brace
         dumps, extra_of, pack = _COMPACT.encode, self._extra.get, _PREFIX.pack
         out = []
         for i, s in enumerate(stream_ids):

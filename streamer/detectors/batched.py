@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.detectors.likelihood import _LOG_EPS
+from streamer.detectors.likelihood import gaussian_tail, log_tail_score
 from streamer.detectors.pipeline import AnomalyPipeline
 
 
@@ -28,18 +28,6 @@ def vectorised(pipeline: AnomalyPipeline) -> bool:
     cfg = pipeline.config
     return (pipeline.season is None and pipeline.vlik is None and pipeline.dt is None and cfg.value_weight <= 0
             and pipeline.lik.short >= 1)
-
-
-def _tail_scores(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(log-likelihood score, likelihood) of standardised means z, with math.erfc/math.log as the per-stream path."""
-    score = np.zeros(z.shape[0])
-    lik = np.zeros(z.shape[0])
-    erfc, log, root2 = math.erfc, math.log, math.sqrt(2.0)
-    for i, v in enumerate(z.tolist()):
-        q = 0.5 * erfc(v / root2)
-        lik[i] = 1.0 - q
-        score[i] = min(1.0, max(0.0, log(q + 1e-10) / _LOG_EPS)) if q < 1.0 else 0.0
-    return score, lik
 
 
 def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], streams: list[str],
@@ -97,7 +85,7 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
         fin = np.isfinite(e)
         m, v, n = e_mean[idx], e_var[idx], e_n[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
-            zz = (e - m) / (np.sqrt(np.where(v > 0.0, v, 0.0)) + er.min_std + 0.0 * np.abs(m))
+            zz = (e - m) / (np.sqrt(np.where(v > 0.0, v, 0.0)) + er.min_std)
         zz = np.where(zz < lo, lo, np.where(zz > hi, hi, zz))
         z[rows] = np.where(fin & (n >= er.warmup) & (n > 0), zz, 0.0)
         n1 = n + fin
@@ -126,8 +114,7 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
         warm = nn >= lk.warmup
         if warm.any():
             sd = np.sqrt(np.maximum(var[warm], 0.0)) + lk.min_std + lk.rel_std * np.abs(mu[warm])
-            sc, _ = _tail_scores((mr[warm] - mu[warm]) / sd)
-            final[rows[warm]] = sc
+            final[rows[warm]] = [log_tail_score(gaussian_tail(v)) for v in ((mr[warm] - mu[warm]) / sd).tolist()]
         nn = nn + 1
         inv = 1.0 / nn
         a = np.where(lk.alpha >= inv, lk.alpha, inv)

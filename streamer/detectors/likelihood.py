@@ -17,6 +17,11 @@ def gaussian_tail(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
+def log_tail_score(q: float) -> float:
+    """NAB's log-scaled likelihood of an upper-tail probability q: 0 at q = 1, 0.5 at 1e-5, 1 at 1e-10."""
+    return min(1.0, max(0.0, math.log(q + 1e-10) / _LOG_EPS)) if q < 1.0 else 0.0
+
+
 class AnomalyLikelihood(Detector):
     """Likelihood L = 1 - Q((m - mu) / sigma) where m is the mean of the last `short` raw scores and (mu, sigma)
     their long-run distribution, an EWMA of half-life `halflife` readings updated after scoring.
@@ -55,7 +60,7 @@ class AnomalyLikelihood(Detector):
                 sd = math.sqrt(max(var, 0.0)) + self.min_std + self.rel_std * abs(mean)
                 q = gaussian_tail((m - mean) / sd)
                 lik[t] = 1.0 - q
-                score[t] = min(1.0, max(0.0, math.log(q + 1e-10) / _LOG_EPS)) if q < 1.0 else 0.0
+                score[t] = log_tail_score(q)
             n += 1
             a = max(self.alpha, 1.0 / n)
             d = m - mean
