@@ -118,6 +118,7 @@ class Service:
         self.http: HealthServer | None = None
         self._pending = _Pending()
         self._committer: Committer | None = None
+        self._inflight: tuple[_Pending, int, float] | None = None  # the commit running: work, states, start
         self._failure: BaseException | None = None
         self._evictions_seen = 0
         self._forecast_partitions = 1
@@ -150,7 +151,7 @@ class Service:
         except (CheckpointError, OSError) as exc:  # e.g. caught mid-write: try again next interval
             log.warning("new checkpoint not loaded: %s", exc)
             return
-        self._commit()  # the outputs so far belong to the old model
+        self._commit(wait=True)  # the outputs so far belong to the old model
         keep = new.same_architecture(self.served)
         if keep:
             self.engine = self._make_engine(new, store=self.engine.store)
@@ -265,6 +266,8 @@ class Service:
                 if self._pending and now - last_commit >= interval:
                     self._commit()
                     last_commit = now
+                elif self._inflight is not None and self._committer.idle():
+                    self._settle()  # account for a finished commit without waiting for the next one
                 if e.idle_ttl_s is not None:
                     self.engine.store.evict_idle(time.time())
                 if self.detectors.silence is not None and now - last_silence >= 1.0:
@@ -276,16 +279,20 @@ class Service:
                 if self.settings.model.reload_interval_s and now - last_reload >= self.settings.model.reload_interval_s:
                     self._maybe_reload()
                     last_reload = now
-            self._commit()
+            self._commit(wait=True)
         finally:
             self._set_ready(False)
+            if self._committer is not None:  # a failed session: join the commit in flight, then close
+                self._committer.close()
             self._committer = None
+            self._inflight = None
             consumer.close(autocommit=False)
             producer.close(timeout=10)
 
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""
         self._pending = _Pending()
+        self._inflight = None
         self.engine.store.clear()
         self.cold.clear()
         self.partition_of.clear()
@@ -319,7 +326,7 @@ class Service:
         self.metrics.rebalances.labels("revoked").inc()
         self._set_ready(False)
         try:
-            self._commit()
+            self._commit(wait=True)
         except Exception as exc:  # kafka-python swallows listener errors: hand it to the loop
             self._failure = exc
             return
@@ -464,13 +471,28 @@ class Service:
         y = results.outputs[served.head]
         y = y.reshape(y.shape[0], -1, served.model.config.n_features) * served.std + served.mean
         finite = bool(np.isfinite(y).all())
-        rows = y.tolist()
         offsets = results.offsets.tolist()
         ts_all = results.ts.tolist()
         # The hot path assembles JSON from pieces (str() of a list of finite floats is valid JSON), about
         # 4x faster than json.dumps of a dict; a diverging model's non-finite numbers become null.
         tail = f',"model":{json.dumps(served.name)},"version":{json.dumps(served.version)}}}'
-        fmt = str if finite else (lambda v: json.dumps(json_safe(v)))
+        if finite and y.shape[1] * y.shape[2] == 1:  # one value per forecast: no nested lists to build
+            flat = y.ravel().tolist()
+
+            def many(sl: slice) -> str:
+                return "[" + ",".join([f"[[{v!r}]]" for v in flat[sl]]) + "]"
+
+            def one(j: int) -> str:
+                return f"[[{flat[j]!r}]]"
+        else:
+            rows = y.tolist()
+            fmt = str if finite else (lambda v: json.dumps(json_safe(v)))
+
+            def many(sl: slice) -> str:
+                return fmt(rows[sl])
+
+            def one(j: int) -> str:
+                return fmt(rows[j])
         topic, n_parts, out, kinds = k.forecast_topic, self._forecast_partitions, p.records, p.kinds
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]
@@ -496,10 +518,10 @@ class Service:
                     first, stop = picks.start, picks.stop
                     ns = range(seen + first - a + 1, seen + stop - a + 1, every)
                     value = (f'{head}{ts_all[first:stop:every]},"n":{list(ns)},'
-                             f'"forecast":{fmt(rows[first:stop:every])}{tail}')
+                             f'"forecast":{many(slice(first, stop, every))}{tail}')
                 else:
                     j = picks[0]
-                    value = f'{head}{ts_all[j]},"n":{seen + j - a + 1},"forecast":{fmt(rows[j])}{tail}'
+                    value = f'{head}{ts_all[j]},"n":{seen + j - a + 1},"forecast":{one(j)}{tail}'
                 out.append(OutRecord(topic, key, value.encode(), part))
                 kinds["forecast"] += 1
             extra["n"] = seen + b - a
@@ -525,33 +547,45 @@ class Service:
         for s in changed:
             self._pending.changed[s] = self.partition_of[s]
 
-    def _commit(self) -> None:
-        """Publish the pending outputs with the state of every changed stream and the offsets, atomically."""
+    def _commit(self, wait: bool = False) -> None:
+        """Hand the pending outputs, the state of every changed stream and the offsets to the committer, to be
+        committed atomically while the loop goes on; with `wait`, return only once all of it is committed."""
         p = self._pending
-        if not p or self._committer is None:
+        if p and self._committer is not None:
+            k, store = self.settings.kafka, self.engine.store
+            resident = [s for s in p.changed if s in store]
+            state = [OutRecord(k.changelog, s.encode(), blob, p.changed[s])
+                     for s, blob in zip(resident, store.snapshot_each(resident), strict=True)]
+            for s in p.changed:
+                if s not in store:  # evicted since it changed: its latest state went to the cold store
+                    found = self.cold.get(s)
+                    if found is not None:
+                        state.append(OutRecord(k.changelog, s.encode(), found[1], p.changed[s]))
+            self._settle()
+            self._committer.start(p.records + state, p.offsets)
+            self._inflight = (p, len(state), time.perf_counter())
+            self._pending = _Pending()
+        if wait:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the commit in flight (raising its failure) and count what it published."""
+        if self._inflight is None or self._committer is None:
             return
-        k, store = self.settings.kafka, self.engine.store
-        resident = [s for s in p.changed if s in store]
-        state = [OutRecord(k.changelog, s.encode(), blob, p.changed[s])
-                 for s, blob in zip(resident, store.snapshot_each(resident), strict=True)]
-        for s in p.changed:
-            if s not in store:  # evicted since it changed: its latest state went to the cold store
-                found = self.cold.get(s)
-                if found is not None:
-                    state.append(OutRecord(k.changelog, s.encode(), found[1], p.changed[s]))
-        started = time.perf_counter()
+        p, n_state, started = self._inflight
+        self._inflight = None
         try:
-            self._committer.commit(p.records + state, p.offsets)
+            self._committer.wait()
         except Exception:
             self.metrics.commit_failures.inc()
             raise
         done = time.time()
-        self.metrics.commit_seconds.observe(time.perf_counter() - started)
         m = self.metrics
+        m.commit_seconds.observe(time.perf_counter() - started)
         m.readings.inc(p.readings)
         for kind, n in p.kinds.items():
             m.outputs.labels(kind).inc(n)
-        m.outputs.labels("state").inc(len(state))
+        m.outputs.labels("state").inc(n_state)
         for reason, n in p.reasons.items():
             m.dead_letters.labels(reason).inc(n)
         m.outputs.labels("dead_letter").inc(sum(p.reasons.values()))
@@ -562,11 +596,9 @@ class Service:
         evictions = self.engine.store.evictions
         m.evictions.inc(evictions - self._evictions_seen)
         self._evictions_seen = evictions
-        m.active_streams.set(len(store))
+        m.active_streams.set(len(self.engine.store))
         m.alerts_firing.set(len(self._firing))
         self.stats.commits += 1
         self.stats.readings += p.readings
         self.stats.outputs += sum(p.kinds.values())
         self.stats.dead_letters += sum(p.reasons.values())
-        self._pending = _Pending()
-

@@ -1,0 +1,101 @@
+"""The committer on the real broker: commits run in the background, one at a time, in order; failures surface."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import MessageSizeTooLargeError
+from kafka.structs import OffsetAndMetadata
+
+from streamer.transport import Committer, OutRecord, RecordAppender
+from tests.test_kafka_broker import _read_all
+
+
+def _consumer_with_records(bootstrap: str, src: str, n: int) -> tuple[KafkaConsumer, list]:
+    plain = KafkaProducer(bootstrap_servers=bootstrap)
+    for i in range(n):
+        plain.send(src, key=b"s", value=str(i).encode())
+    plain.flush()
+    plain.close()
+    consumer = KafkaConsumer(src, bootstrap_servers=bootstrap, group_id=f"g-{uuid.uuid4().hex[:8]}",
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             isolation_level="read_committed")
+    records: list = []
+    while len(records) < n:
+        for recs in consumer.poll(timeout_ms=1000).values():
+            records.extend(recs)
+    return consumer, records
+
+
+def _outputs(dst: str, records: list) -> list[OutRecord]:
+    return [OutRecord(dst, r.key, b"out-" + r.value, 0) for r in records]
+
+
+def _offset(src: str, n: int) -> dict:
+    return {TopicPartition(src, 0): OffsetAndMetadata(n, "", -1)}
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly_once", "at_least_once"])
+def test_pipelined_commits_publish_in_order_and_commit_the_last_offsets(kafka_bootstrap, new_topic, exactly_once):
+    src, dst = new_topic("src"), new_topic("dst")
+    consumer, records = _consumer_with_records(kafka_bootstrap, src, 20)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all",
+                             **({"transactional_id": f"tx-{uuid.uuid4().hex[:8]}"} if exactly_once else {}))
+    committer = Committer(consumer, producer, exactly_once)
+    committer.start(_outputs(dst, records[:10]), _offset(src, 10))
+    committer.start(_outputs(dst, records[10:]), _offset(src, 20))  # waits for the first one, then runs
+    if not exactly_once:  # at-least-once offsets go to the consumer on the caller's thread, in wait()
+        assert consumer.committed(TopicPartition(src, 0)) == 10
+    assert committer.wait() is True
+    assert committer.wait() is False  # nothing in flight any more
+    assert committer.idle()
+    assert consumer.committed(TopicPartition(src, 0)) == 20
+    producer.close()
+    consumer.close()
+    assert [m.value for m in _read_all(kafka_bootstrap, dst, 20)] == [f"out-{i}".encode() for i in range(20)]
+
+
+def test_a_failed_background_commit_is_raised_by_wait_and_leaves_nothing_committed(kafka_bootstrap, new_topic):
+    src, dst = new_topic("src"), new_topic("dst")
+    consumer, records = _consumer_with_records(kafka_bootstrap, src, 5)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex[:8]}",
+                             max_request_size=10_000)
+    committer = Committer(consumer, producer, exactly_once=True)
+    too_big = OutRecord(dst, b"s", b"x" * 20_000, 0)
+    doomed = [OutRecord(dst, b"s", b"aborted", 0)] * 3
+    committer.start(doomed + [too_big], _offset(src, 5))
+    with pytest.raises(MessageSizeTooLargeError):
+        committer.wait()
+    assert consumer.committed(TopicPartition(src, 0)) is None
+    # The transaction was aborted: the producer can commit the same work again, and only that is visible.
+    committer.commit(_outputs(dst, records), _offset(src, 5))
+    assert consumer.committed(TopicPartition(src, 0)) == 5
+    committer.close()
+    producer.close()
+    consumer.close()
+    assert [m.value for m in _read_all(kafka_bootstrap, dst, 5)] == [f"out-{i}".encode() for i in range(5)]
+
+
+def test_the_appender_queues_records_in_order_on_their_partitions(kafka_bootstrap, new_topic):
+    a, b = new_topic("a", partitions=2), new_topic("b")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex[:8]}")
+    producer.init_transactions()
+    appender = RecordAppender(producer)
+    assert appender.direct  # the installed kafka-python is the one it was written against
+    records = [OutRecord(a, f"k{i}".encode(), f"v{i}".encode(), i % 2) for i in range(40)]
+    records += [OutRecord(b, b"free", b"partitioned by send()", None)]
+    producer.begin_transaction()
+    futures = appender.append(records)
+    producer.commit_transaction()
+    assert len(futures) == len(records) and all(f.succeeded() for f in futures)
+    meta = [f.get(timeout=10) for f in futures]
+    assert [(m.topic, m.partition) for m in meta] == [(r.topic, r.partition if r.partition is not None else 0)
+                                                     for r in records]
+    producer.close()
+    got = _read_all(kafka_bootstrap, a, 40)
+    for part in (0, 1):
+        assert [(m.key, m.value) for m in got if m.partition == part] == [
+            (r.key, r.value) for r in records[:40] if r.partition == part]
+    assert [m.value for m in _read_all(kafka_bootstrap, b, 1)] == [b"partitioned by send()"]
