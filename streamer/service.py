@@ -47,6 +47,7 @@ from streamer.transport import (
 
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0
+TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker answers it at once when data waits)
 LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
 
 
@@ -120,6 +121,7 @@ class Service:
         self._committer: Committer | None = None
         self._inflight: tuple[_Pending, int, float] | None = None  # the commit running: work, states, start
         self._failure: BaseException | None = None
+        self._rebalances = 0  # partitions revoked so far (a batch polled across a revocation is void)
         self._evictions_seen = 0
         self._forecast_partitions = 1
         self.metrics.set_model(self.served.name, self.served.version, self.served.family)
@@ -259,6 +261,8 @@ class Service:
                     failure, self._failure = self._failure, None
                     raise failure
                 records = [r for recs in batch.values() for r in recs]
+                if records and len(records) < max_records:
+                    records = self._top_up(consumer, records, max_records)
                 if records:
                     self.process(records)
                     self._pending.offsets.update(next_offsets(records))
@@ -288,6 +292,25 @@ class Service:
             self._inflight = None
             consumer.close(autocommit=False)
             producer.close(timeout=10)
+
+    def _top_up(self, consumer, records: list, max_records: int) -> list:
+        """Add what reached the broker since the prefetched response that `records` came from.
+
+        The consumer sends its next fetch as a poll returns, so the broker answers it while the batch is
+        being processed: the next poll returns only what had arrived by then, and what arrived during the
+        processing waits a whole extra cycle. One more short poll fetches it into this batch. A rebalance
+        inside that poll has committed and dropped state without `records`: they are dropped too and
+        consumed again from the committed offsets, by whichever instance owns their partitions now.
+        """
+        rebalances = self._rebalances
+        more = consumer.poll(timeout_ms=TOP_UP_MS, max_records=max_records - len(records))
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        fresh = [r for recs in more.values() for r in recs]
+        if self._rebalances != rebalances:
+            return fresh
+        return records + fresh
 
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""
@@ -324,6 +347,7 @@ class Service:
     def on_revoked(self, revoked) -> None:
         """Commit the work so far (it belongs to these partitions' current owner), then drop their streams."""
         self.metrics.rebalances.labels("revoked").inc()
+        self._rebalances += 1
         self._set_ready(False)
         try:
             self._commit(wait=True)

@@ -70,3 +70,26 @@ def test_non_finite_forecasts_become_null():
     service.process(recs)
     got = _forecasts(service)
     assert got == {"s0": [[[None]]] * 3, "s1": [[[None]]] * 3}
+
+
+class _Consumer:
+    """Stands in for KafkaConsumer.poll only: returns `fresh`, revoking partitions first when asked."""
+
+    def __init__(self, service: Service, fresh: list, revoke: bool) -> None:
+        self.service, self.fresh, self.revoke = service, fresh, revoke
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        if self.revoke:
+            from kafka import TopicPartition
+
+            self.service.on_revoked([TopicPartition("in", 0)])
+        return {"in-0": self.fresh[:max_records]}
+
+
+@pytest.mark.parametrize("revoke", [False, True], ids=["no_rebalance", "revoked_meanwhile"])
+def test_a_batch_is_topped_up_unless_partitions_were_revoked_meanwhile(revoke):
+    service, _ = _service(1, 1)
+    recs, _ = _records(streams=2, per_stream=4, n_features=1)
+    got = service._top_up(_Consumer(service, recs[4:], revoke), recs[:4], max_records=100)
+    # a revocation committed and dropped the partitions' state without the first records: they go too
+    assert got == (recs[4:] if revoke else recs)
