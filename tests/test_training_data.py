@@ -10,7 +10,7 @@ import pytest
 from streamer.errors import ConfigError
 from training.baselines import forecast_baselines, seasonal_naive
 from training.data import FeatureSpec, Normalizer, fingerprint, load_csv, load_npy, split_fractions, split_rows
-from training.evaluate import event_metrics, forecast_origins
+from training.evaluate import calibrate_event_threshold, event_metrics, forecast_origins
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ETT = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
@@ -92,3 +92,15 @@ def test_event_metrics_onsets_offsets_within_tolerance() -> None:
     assert m2["onset_recall"] == 1.0 and m2["offset_recall"] == 1.0 and m2["onset_delay_mean"] == 2
     assert event_metrics(prob, lab, 0.5, tol=1)["onset_recall"] == 0.0
     assert m2["accuracy"] == pytest.approx(1 - 8 / 40)
+
+
+def test_event_threshold_is_calibrated_within_bounds_and_prefers_one_half() -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(2000) < 0.4).astype(np.float32)
+    # negatives scored about 0.75: the best validation threshold is about 0.85, yet it is bounded by 0.7
+    prob = np.clip(np.where(labels > 0, 0.95, 0.75) + 0.02 * rng.normal(size=2000), 0, 1)
+    assert calibrate_event_threshold(prob, labels) == pytest.approx(0.7)
+    assert calibrate_event_threshold(prob, labels, low=0.05, high=0.95) > 0.8  # unbounded it goes further
+    # perfectly separated classes: every threshold in a wide band is best; the tie goes to 0.5
+    clean = np.where(labels > 0, 0.95, 0.05)
+    assert calibrate_event_threshold(clean, labels) == pytest.approx(0.5)
