@@ -298,9 +298,13 @@ class Service:
 
         The consumer sends its next fetch as a poll returns, so the broker answers it while the batch is
         being processed: the next poll returns only what had arrived by then, and what arrived during the
-        processing waits a whole extra cycle. One more short poll fetches it into this batch. A rebalance
-        inside that poll has committed and dropped state without `records`: they are dropped too and
-        consumed again from the committed offsets, by whichever instance owns their partitions now.
+        processing waits a whole extra cycle. One more short poll fetches it into this batch.
+
+        A rebalance inside that poll committed the work before `records` (so their partitions' committed
+        offsets are where `records` start) and restored the state as of those offsets. Records of partitions
+        now owned elsewhere are left to their new owner; those of partitions kept are still processed, since
+        kafka-python keeps a kept partition's position (past `records`), and fresh records they already
+        hold are skipped in case a client resets the position to the committed offset instead.
         """
         rebalances = self._rebalances
         more = consumer.poll(timeout_ms=TOP_UP_MS, max_records=max_records - len(records))
@@ -308,9 +312,14 @@ class Service:
             failure, self._failure = self._failure, None
             raise failure
         fresh = [r for recs in more.values() for r in recs]
-        if self._rebalances != rebalances:
-            return fresh
-        return records + fresh
+        if self._rebalances == rebalances:
+            return records + fresh
+        owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        kept = [r for r in records if (r.topic, r.partition) in owned]
+        last: dict[tuple[str, int], int] = {}
+        for r in kept:
+            last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
+        return kept + [r for r in fresh if r.offset > last.get((r.topic, r.partition), -1)]
 
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""

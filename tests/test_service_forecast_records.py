@@ -73,23 +73,44 @@ def test_non_finite_forecasts_become_null():
 
 
 class _Consumer:
-    """Stands in for KafkaConsumer.poll only: returns `fresh`, revoking partitions first when asked."""
+    """Stands in for KafkaConsumer.poll/assignment: returns `fresh`, rebalancing first when asked."""
 
-    def __init__(self, service: Service, fresh: list, revoke: bool) -> None:
-        self.service, self.fresh, self.revoke = service, fresh, revoke
+    def __init__(self, service: Service, fresh: list, rebalance: bool, owned: set) -> None:
+        self.service, self.fresh, self.rebalance, self.owned = service, fresh, rebalance, owned
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
-        if self.revoke:
+        if self.rebalance:
             from kafka import TopicPartition
 
-            self.service.on_revoked([TopicPartition("in", 0)])
-        return {"in-0": self.fresh[:max_records]}
+            self.service.on_revoked([TopicPartition("in", p) for p in (0, 1)])
+        return {"in": self.fresh[:max_records]}
+
+    def assignment(self) -> set:
+        from kafka import TopicPartition
+
+        return {TopicPartition("in", p) for p in self.owned}
 
 
-@pytest.mark.parametrize("revoke", [False, True], ids=["no_rebalance", "revoked_meanwhile"])
-def test_a_batch_is_topped_up_unless_partitions_were_revoked_meanwhile(revoke):
+def _on_partitions(recs: list) -> list:
+    for r in recs:  # streams s0 and s1 on partitions 0 and 1
+        r.partition = int(r.key.decode()[1:])
+    return recs
+
+
+@pytest.mark.parametrize(("rebalance", "owned", "kept"), [
+    (False, {0, 1}, {0, 1}), (True, {0, 1}, {0, 1}), (True, {1}, {1}), (True, set(), set())],
+    ids=["no_rebalance", "rebalanced_kept_both", "rebalanced_lost_one", "rebalanced_lost_all"])
+def test_a_batch_is_topped_up_keeping_only_partitions_still_owned(rebalance, owned, kept):
     service, _ = _service(1, 1)
-    recs, _ = _records(streams=2, per_stream=4, n_features=1)
-    got = service._top_up(_Consumer(service, recs[4:], revoke), recs[:4], max_records=100)
-    # a revocation committed and dropped the partitions' state without the first records: they go too
-    assert got == (recs[4:] if revoke else recs)
+    recs = _on_partitions(_records(streams=2, per_stream=4, n_features=1)[0])
+    first, fresh = recs[:4], [r for r in recs[4:] if r.partition in owned or not rebalance]
+    got = service._top_up(_Consumer(service, fresh, rebalance, owned), first, max_records=100)
+    assert got == [r for r in first if r.partition in kept] + fresh
+
+
+def test_a_top_up_after_a_rebalance_skips_records_it_already_holds():
+    service, _ = _service(1, 1)
+    recs = _on_partitions(_records(streams=2, per_stream=4, n_features=1)[0])
+    # a client that reset the position to the committed offset would return the first records again
+    got = service._top_up(_Consumer(service, recs, True, {0, 1}), recs[:4], max_records=100)
+    assert got == recs
