@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
 from streamer.changelog import ColdStore, restore_partitions
@@ -300,11 +300,11 @@ class Service:
         being processed: the next poll returns only what had arrived by then, and what arrived during the
         processing waits a whole extra cycle. One more short poll fetches it into this batch.
 
-        A rebalance inside that poll committed the work before `records` (so their partitions' committed
-        offsets are where `records` start) and restored the state as of those offsets. Records of partitions
-        now owned elsewhere are left to their new owner; those of partitions kept are still processed, since
-        kafka-python keeps a kept partition's position (past `records`), and fresh records they already
-        hold are skipped in case a client resets the position to the committed offset instead.
+        A rebalance inside that poll committed the work before `records` and dropped the state of every
+        partition (eager protocol), to be restored as of the committed offsets, which are where `records`
+        start. So `records` are given up: each of their partitions that this consumer still holds is sought
+        back to its first record there (kafka-python keeps a retained partition's position, which is past
+        them), and the others are left to their new owner, who starts at the committed offsets.
         """
         rebalances = self._rebalances
         more = consumer.poll(timeout_ms=TOP_UP_MS, max_records=max_records - len(records))
@@ -314,12 +314,16 @@ class Service:
         fresh = [r for recs in more.values() for r in recs]
         if self._rebalances == rebalances:
             return records + fresh
-        owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        kept = [r for r in records if (r.topic, r.partition) in owned]
-        last: dict[tuple[str, int], int] = {}
-        for r in kept:
-            last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
-        return kept + [r for r in fresh if r.offset > last.get((r.topic, r.partition), -1)]
+        start: dict[tuple[str, int], int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            start[key] = min(r.offset, start.get(key, r.offset))
+        held = consumer.assignment()  # mid-rebalance this is still the old assignment, which is fine to seek
+        for (topic, partition), offset in start.items():
+            tp = TopicPartition(topic, partition)
+            if tp in held:
+                consumer.seek(tp, offset)
+        return [r for r in fresh if (r.topic, r.partition) not in start]  # the others come after the seek
 
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""

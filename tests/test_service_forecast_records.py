@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from kafka import TopicPartition
 
 from streamer.config import load_settings
 from streamer.models import ModelConfig, build_model
@@ -73,44 +74,47 @@ def test_non_finite_forecasts_become_null():
 
 
 class _Consumer:
-    """Stands in for KafkaConsumer.poll/assignment: returns `fresh`, rebalancing first when asked."""
+    """Stands in for KafkaConsumer poll/assignment/seek: returns `fresh`, rebalancing first when asked."""
 
-    def __init__(self, service: Service, fresh: list, rebalance: bool, owned: set) -> None:
-        self.service, self.fresh, self.rebalance, self.owned = service, fresh, rebalance, owned
+    def __init__(self, service: Service, fresh: list, rebalance: bool, held: set) -> None:
+        self.service, self.fresh, self.rebalance, self.held = service, fresh, rebalance, held
+        self.sought: dict[int, int] = {}
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
         if self.rebalance:
-            from kafka import TopicPartition
-
-            self.service.on_revoked([TopicPartition("in", p) for p in (0, 1)])
+            self.service.on_revoked([TopicPartition("in", p) for p in (0, 1, 2)])
         return {"in": self.fresh[:max_records]}
 
     def assignment(self) -> set:
-        from kafka import TopicPartition
+        return {TopicPartition("in", p) for p in self.held}
 
-        return {TopicPartition("in", p) for p in self.owned}
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        assert tp in self.assignment()
+        self.sought[tp.partition] = offset
 
 
 def _on_partitions(recs: list) -> list:
-    for r in recs:  # streams s0 and s1 on partitions 0 and 1
+    for r in recs:  # stream s<i> on partition i
         r.partition = int(r.key.decode()[1:])
     return recs
 
 
-@pytest.mark.parametrize(("rebalance", "owned", "kept"), [
-    (False, {0, 1}, {0, 1}), (True, {0, 1}, {0, 1}), (True, {1}, {1}), (True, set(), set())],
-    ids=["no_rebalance", "rebalanced_kept_both", "rebalanced_lost_one", "rebalanced_lost_all"])
-def test_a_batch_is_topped_up_keeping_only_partitions_still_owned(rebalance, owned, kept):
+def test_a_batch_is_topped_up_with_what_arrived_since():
     service, _ = _service(1, 1)
     recs = _on_partitions(_records(streams=2, per_stream=4, n_features=1)[0])
-    first, fresh = recs[:4], [r for r in recs[4:] if r.partition in owned or not rebalance]
-    got = service._top_up(_Consumer(service, fresh, rebalance, owned), first, max_records=100)
-    assert got == [r for r in first if r.partition in kept] + fresh
+    consumer = _Consumer(service, recs[4:], rebalance=False, held={0, 1})
+    assert service._top_up(consumer, recs[:4], max_records=100) == recs
+    assert consumer.sought == {}
 
 
-def test_a_top_up_after_a_rebalance_skips_records_it_already_holds():
+@pytest.mark.parametrize("held", [{0, 1, 2}, {1, 2}, {2}], ids=["kept_both", "lost_one", "lost_both"])
+def test_a_rebalance_inside_the_top_up_rewinds_the_partitions_still_held(held):
     service, _ = _service(1, 1)
-    recs = _on_partitions(_records(streams=2, per_stream=4, n_features=1)[0])
-    # a client that reset the position to the committed offset would return the first records again
-    got = service._top_up(_Consumer(service, recs, True, {0, 1}), recs[:4], max_records=100)
-    assert got == recs
+    recs = _on_partitions(_records(streams=3, per_stream=4, n_features=1)[0])
+    first = [r for r in recs[:6] if r.partition < 2]  # partitions 0 and 1, offsets 0, 1, 3, 4
+    fresh = [r for r in recs[6:] if r.partition in held]  # after the rebalance: partitions held now
+    consumer = _Consumer(service, fresh, rebalance=True, held=held)
+    got = service._top_up(consumer, first, max_records=100)
+    # the first records are given up; partitions still held restart at them, fresh ones of theirs come again
+    assert consumer.sought == {p: min(r.offset for r in first if r.partition == p) for p in held if p < 2}
+    assert got == [r for r in fresh if r.partition == 2]
