@@ -256,11 +256,7 @@ class Service:
             interval = k.commit_interval_ms / 1000
             while not self.stop_event.is_set():
                 self.heartbeat = now = time.monotonic()
-                batch = consumer.poll(timeout_ms=e.max_wait_ms, max_records=max_records)
-                if self._failure is not None:  # a commit inside the rebalance callback failed
-                    failure, self._failure = self._failure, None
-                    raise failure
-                records = [r for recs in batch.values() for r in recs]
+                records = self._poll(consumer, e.max_wait_ms, max_records)
                 if records and len(records) < max_records:
                     records = self._top_up(consumer, records, max_records)
                 if records:
@@ -293,6 +289,14 @@ class Service:
             consumer.close(autocommit=False)
             producer.close(timeout=10)
 
+    def _poll(self, consumer, timeout_ms: int, max_records: int) -> list:
+        """The records of one poll, in order; raises the failure of a commit made in a rebalance callback."""
+        batch = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if self._failure is not None:  # kafka-python swallows listener errors: on_revoked hands them over
+            failure, self._failure = self._failure, None
+            raise failure
+        return [r for recs in batch.values() for r in recs]
+
     def _top_up(self, consumer, records: list, max_records: int) -> list:
         """Add what reached the broker since the prefetched response that `records` came from.
 
@@ -307,11 +311,7 @@ class Service:
         them), and the others are left to their new owner, who starts at the committed offsets.
         """
         rebalances = self._rebalances
-        more = consumer.poll(timeout_ms=TOP_UP_MS, max_records=max_records - len(records))
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-        fresh = [r for recs in more.values() for r in recs]
+        fresh = self._poll(consumer, TOP_UP_MS, max_records - len(records))
         if self._rebalances == rebalances:
             return records + fresh
         start: dict[tuple[str, int], int] = {}
