@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one, not typing's, before Python 3.12
 
 from streamer.errors import InvalidRecord
 
@@ -20,28 +21,30 @@ SCHEMA_VERSION = 1
 _F32_MAX = float(np.finfo(np.float32).max)  # "v" in a record; absent means 1
 
 
-class Reading(BaseModel):
+# Records validate into plain dicts (TypedDicts): about 40% cheaper than model instances on the hot path.
+@with_config(ConfigDict(extra="forbid"))
+class Reading(TypedDict):
     """One reading: {"stream": "pump-17", "ts": 1732712345123, "values": [0.1, 3.2]} (ts in ms)."""
 
-    model_config = ConfigDict(extra="forbid")
-    v: int | None = None
+    v: NotRequired[int | None]
     stream: StreamId
     ts: Millis
     values: list[float] | dict[str, float]
 
 
-class ReadingChunk(BaseModel):
+@with_config(ConfigDict(extra="forbid"))
+class ReadingChunk(TypedDict):
     """Several readings of one stream in one record: "ts" is a list and "values" a list of rows."""
 
-    model_config = ConfigDict(extra="forbid")
-    v: int | None = None
+    v: NotRequired[int | None]
     stream: StreamId
-    ts: list[Millis] = Field(min_length=1)
+    ts: Annotated[list[Millis], Field(min_length=1)]
     values: list[list[float]] | list[dict[str, float]]
 
 
-_INPUT = TypeAdapter(Reading | ReadingChunk)
-_READING = TypeAdapter(Reading)
+# pydantic-core's validators directly: TypeAdapter.validate_json adds a Python-level call per record
+_INPUT = TypeAdapter(Reading | ReadingChunk).validator.validate_json
+_READING = TypeAdapter(Reading).validator.validate_json
 
 
 class Decoded:
@@ -97,12 +100,12 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
     if len(raw) > max_bytes:
         raise InvalidRecord("oversize", f"record of {len(raw)} bytes exceeds {max_bytes}")
     try:  # a single reading first: about half the cost of trying the union of both shapes
-        msg = _READING.validate_json(raw)
+        msg = _READING(raw)
     except ValidationError:
         msg = None
     try:
         if msg is None:
-            msg = _INPUT.validate_json(raw)
+            msg = _INPUT(raw)
     except ValidationError as exc:
         try:
             json.loads(raw)
@@ -111,22 +114,23 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "record"
         raise InvalidRecord("invalid_schema", f"{where}: {first['msg']}") from None
-    if msg.v is not None and msg.v != SCHEMA_VERSION:
-        raise InvalidRecord("unknown_version", f"schema version {msg.v}; this streamer reads {SCHEMA_VERSION}")
-    if type(msg) is Reading:  # the common case, without the generator expressions of the chunk path
-        row = msg.values if type(msg.values) is list else _row(msg.values, channels)
+    version = msg.get("v")
+    if version is not None and version != SCHEMA_VERSION:
+        raise InvalidRecord("unknown_version", f"schema version {version}; this streamer reads {SCHEMA_VERSION}")
+    stream, ts, values = msg["stream"], msg["ts"], msg["values"]
+    if type(ts) is int:  # a single reading, the common case, without the generator expressions of the chunk path
+        row = values if type(values) is list else _row(values, channels)
         if len(row) != n_features:
             raise InvalidRecord("wrong_shape", f"expected {n_features} values per reading, got [{len(row)}]")
         for v in row:  # NaN fails the comparison, and so does anything that would overflow float32 to inf
             if not -_F32_MAX <= v <= _F32_MAX:
                 raise InvalidRecord("non_finite", "values contain NaN or Inf (or exceed float32)")
         if ts_range is not None:
-            _check_range(msg.ts, msg.ts, ts_range)
-        return msg.stream, [msg.ts], [row], False
-    if len(msg.ts) != len(msg.values):
-        raise InvalidRecord("wrong_shape", f"{len(msg.ts)} timestamps but {len(msg.values)} rows of values")
-    ts = msg.ts
-    rows = [_row(v, channels) for v in msg.values]
+            _check_range(ts, ts, ts_range)
+        return stream, [ts], [row], False
+    if len(ts) != len(values):
+        raise InvalidRecord("wrong_shape", f"{len(ts)} timestamps but {len(values)} rows of values")
+    rows = [_row(v, channels) for v in values]
     if any(len(r) != n_features for r in rows):
         widths = sorted({len(r) for r in rows})
         raise InvalidRecord("wrong_shape", f"expected {n_features} values per reading, got {widths}")
@@ -136,7 +140,7 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         raise InvalidRecord("unordered_chunk", "timestamps of a chunk must strictly increase")
     if ts_range is not None:
         _check_range(ts[0], ts[-1], ts_range)
-    return msg.stream, ts, rows, True
+    return stream, ts, rows, True
 
 
 def forecasts_of(msg: dict) -> list[dict]:
