@@ -2,7 +2,8 @@
 
 For S streams and N readings, once with single-reading records and once with chunk records of 32
 readings, in one run:
-  (a) bare_consume_per_s  a bare kafka-python consumer (the daemon's fetch settings) + json.loads;
+  (a) bare_consume_per_s  a bare kafka-python consumer (the daemon's fetch settings, kafka-python's own record
+                          decoding; the daemon uses streamer.record_reader) + json.loads;
   (b) e2e_eos_per_s       `streamer serve` (child process) with exactly-once, over the pre-produced topic;
   (c) e2e_per_s           the same at-least-once;
   (d) p50/p99_latency_ms  reading sent (its ts) to forecast received read_committed, at half of (b).
@@ -122,7 +123,7 @@ def bare_consume(bootstrap: str, topic: str, n_readings: int, max_batch: int, ti
     kafka = KafkaSettings(bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:8]}",
                           client_id="e2e-bare")
     started = time.perf_counter()
-    consumer = make_consumer(kafka)
+    consumer = make_consumer(kafka, stock_decoding=True)  # kafka-python as it comes: the baseline
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
     consumer.assign(parts)  # no group join to wait for: the clock starts with the first fetch
     consumer.seek_to_beginning(*parts)

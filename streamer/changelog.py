@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 
+from streamer import record_reader
 from streamer.config import KafkaSettings
 from streamer.errors import StreamerError
 from streamer.transport import common_config
@@ -83,6 +84,7 @@ def restore_partitions(kafka: KafkaSettings, topic: str, partitions: list[int], 
     tps = [TopicPartition(topic, p) for p in partitions]
     consumer = KafkaConsumer(**common_config(kafka), group_id=None, enable_auto_commit=False,
                              isolation_level="read_committed")
+    record_reader.install(consumer)
     try:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)

@@ -44,6 +44,9 @@ class KafkaSettings(BaseModel):
     transactional_id: str | None = Field(
         default=None, description="stable per instance; default: <group_id>-<hostname>")
     max_record_bytes: int = Field(default=1_048_576, gt=0, description="larger input records are dead-lettered")
+    max_partition_fetch_bytes: int = Field(
+        default=4_194_304, ge=65_536, description="most bytes one fetch returns per partition; 4 MiB holds a "
+        "full batch of 20k small readings, so the engine steps whole batches (Kafka's default, 1 MiB, does not)")
     commit_interval_ms: int = Field(
         default=100, ge=0, description="outputs, state and offsets are committed together this often")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

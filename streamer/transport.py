@@ -16,6 +16,7 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
+from streamer import record_reader
 from streamer.config import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,11 @@ def common_config(kafka: KafkaSettings) -> dict:
     return cfg
 
 
-def make_consumer(kafka: KafkaSettings) -> KafkaConsumer:
-    """A group consumer that reads committed data only and never commits on its own."""
+def make_consumer(kafka: KafkaSettings, stock_decoding: bool = False) -> KafkaConsumer:
+    """A group consumer that reads committed data only and never commits on its own; it decodes fetched records
+    with record_reader unless `stock_decoding` (kafka-python's own, e.g. for a baseline) is asked for."""
     static = {"group_instance_id": kafka.instance_id} if kafka.instance_id else {}
-    return KafkaConsumer(
+    consumer = KafkaConsumer(
         **common_config(kafka),
         **static,
         group_id=kafka.group_id,
@@ -62,8 +64,11 @@ def make_consumer(kafka: KafkaSettings) -> KafkaConsumer:
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=max(kafka.max_record_bytes, 1_048_576),
+        max_partition_fetch_bytes=max(kafka.max_record_bytes, kafka.max_partition_fetch_bytes),
     )
+    if not stock_decoding:
+        record_reader.install(consumer)
+    return consumer
 
 
 def make_producer(kafka: KafkaSettings, transactional_id: str | None) -> KafkaProducer:
