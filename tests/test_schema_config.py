@@ -99,3 +99,18 @@ def test_torch_threads_default_to_half_the_cores_and_refuse_zero():
     assert resolve_threads(3) == 3 and resolve_threads(None) >= 1
     with pytest.raises(ConfigError, match="STREAMER_ENGINE__THREADS"):
         load_settings(engine={"threads": 0})
+
+
+def test_the_daemon_freezes_start_up_objects_and_collects_young_garbage_rarely():
+    import gc
+
+    from streamer.cli import GC_GEN0_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD and gc.get_threshold()[1:] == before[1:]
+        assert gc.get_freeze_count() > 1000  # the modules, torch and the model loaded so far
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
