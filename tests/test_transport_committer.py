@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import MessageSizeTooLargeError
+from kafka.producer.producer_batch import ProducerBatch
+from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import OffsetAndMetadata
 
-from streamer.transport import Committer, OutRecord, RecordAppender
+from streamer.transport import Committer, OutRecord, RecordAppender, append_to_batch
 from tests.test_kafka_broker import _read_all
 
 
@@ -90,12 +95,56 @@ def test_the_appender_queues_records_in_order_on_their_partitions(kafka_bootstra
     futures = appender.append(records)
     producer.commit_transaction()
     assert len(futures) == len(records) and all(f.succeeded() for f in futures)
-    meta = [f.get(timeout=10) for f in futures]
-    assert [(m.topic, m.partition) for m in meta] == [(r.topic, r.partition if r.partition is not None else 0)
-                                                     for r in records]
+    # per partition: the future of the record that opened its batch, then the batch's, shared by the others
+    assert len(set(futures[:40])) == 4
     producer.close()
     got = _read_all(kafka_bootstrap, a, 40)
     for part in (0, 1):
         assert [(m.key, m.value) for m in got if m.partition == part] == [
             (r.key, r.value) for r in records[:40] if r.partition == part]
     assert [m.value for m in _read_all(kafka_bootstrap, b, 1)] == [b"partitioned by send()"]
+
+
+def _batch(batch_size: int = 1 << 20) -> ProducerBatch:
+    return ProducerBatch(TopicPartition("t", 0), MemoryRecordsBuilder(2, 0, batch_size))
+
+
+def _bytes_of(batch: ProducerBatch) -> bytes:
+    batch.records.set_producer_state(7, 1, 0, True)
+    batch.records.close()
+    return bytes(batch.records.buffer())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=200)),
+                          st.one_of(st.none(), st.binary(max_size=20_000))), min_size=1, max_size=60),
+       st.integers(0, 3), st.integers(0, 100_000))
+def test_appending_to_a_batch_writes_what_kafka_pythons_builder_writes(pairs, stock_first, later_ms):
+    """Byte for byte, including null keys and values, long varints and a later append's time delta."""
+    ts0, now = 1_732_712_345_000, time.monotonic()
+    records = [OutRecord("t", k, v, 0) for k, v in pairs]
+    stock, fast = _batch(), _batch()
+    for r in records[:stock_first]:  # a batch the accumulator opened and started
+        assert stock.try_append(ts0, r.key, r.value, []) is not None
+        assert fast.try_append(ts0, r.key, r.value, []) is not None
+    for r in records[stock_first:]:
+        assert stock.try_append(ts0 + later_ms, r.key, r.value, []) is not None
+    order = list(range(len(records)))
+    written = append_to_batch(fast, records, order, min(stock_first, len(records)), ts0 + later_ms, now, 1 << 20)
+    assert written == max(len(records) - stock_first, 0)
+    assert fast.max_record_size == stock.max_record_size and fast.record_count == stock.record_count
+    assert _bytes_of(fast) == _bytes_of(stock)
+
+
+def test_a_full_batch_stops_where_kafka_pythons_builder_stops():
+    records = [OutRecord("t", b"k", b"v" * 100, 0) for _ in range(50)]
+    stock, fast = _batch(2000), _batch(2000)
+    n_stock = 0
+    while n_stock < 50 and stock.try_append(1000, b"k", b"v" * 100, []) is not None:
+        n_stock += 1
+    assert 0 < n_stock < 50
+    assert append_to_batch(fast, records, list(range(50)), 0, 1000, time.monotonic(), 1 << 20) == n_stock
+    assert _bytes_of(fast) == _bytes_of(stock)
+    big = [OutRecord("t", b"k", b"v" * 5000, 0)]  # larger than the batch: fits only as a batch's first record
+    assert append_to_batch(_batch(2000), big, [0], 0, 1000, time.monotonic(), 1 << 20) == 1
+    assert append_to_batch(_batch(2000), big, [0], 0, 1000, time.monotonic(), 5000) == 0  # near the size limit
