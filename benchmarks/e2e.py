@@ -19,6 +19,8 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import platform
 import signal
@@ -36,6 +38,7 @@ import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
+from streamer import record_reader
 from streamer.config import KafkaSettings
 from streamer.local_kafka import LocalKafka
 from streamer.transport import OutRecord, RecordAppender, make_consumer
@@ -219,9 +222,11 @@ class Serve:
 
 
 def watcher(bootstrap: str, topic: str) -> KafkaConsumer:
-    """The benchmark's own read_committed reader of a forecast topic (no group), from the beginning."""
+    """The benchmark's own read_committed reader of a forecast topic (no group), from the beginning; it decodes
+    with record_reader, so that the measuring takes less of the cores the daemon under test runs on."""
     c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
                       fetch_max_wait_ms=50, max_partition_fetch_bytes=8 * 1024 * 1024, client_id="e2e-watch")
+    record_reader.install(c)
     parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
     c.assign(parts)
     c.seek_to_beginning(*parts)
@@ -280,10 +285,10 @@ def e2e_run(bootstrap: str, src: str, n_readings: int, want: int, exactly_once: 
 
 # -- (d) latency ---------------------------------------------------------------------------------------
 def paced_producer(bootstrap: str, topic: str, n_streams: int, rate: float, seconds: float, chunk: int,
-                   stop: threading.Event, sent: list[int]) -> None:
+                   stop: multiprocessing.synchronize.Event) -> None:
     """Readings at `rate`/s round-robin over the streams (chunks of `chunk`), ts = wall clock ms at send.
 
-    Records are queued with the daemon's own RecordAppender (half the CPU of KafkaProducer.send) and lingered
+    Records are queued with the daemon's own RecordAppender (a tenth of the CPU of KafkaProducer.send) and lingered
     PACED_LINGER_MS: this load generator shares the machine's cores with the broker and the daemon under test
     (at 2 ms it took 0.67 of a core at 11.6k readings/s). The linger counts against the measured latency.
     """
@@ -316,7 +321,6 @@ def paced_producer(bootstrap: str, topic: str, n_streams: int, rate: float, seco
             due_records.append(OutRecord(topic, keys[s], body.encode(), parts[s]))
             i += 1
         appender.append(due_records)
-        sent[0] = i * chunk
         time.sleep(0.001)
     producer.flush()
     producer.close()
@@ -334,9 +338,11 @@ def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chu
     if serve.wait_for("restored state", timeout=120) is None:  # partitions assigned and restored: ready
         serve.stop()
         raise RuntimeError(f"streamer serve did not become ready; child log tail:\n{serve.tail()}")
-    stop, sent = threading.Event(), [0]
-    prod = threading.Thread(target=paced_producer, daemon=True,
-                            args=(bootstrap, src, n_streams, rate, seconds, chunk, stop, sent))
+    # The load generator runs in a process of its own: as a thread it took the GIL from the watcher below,
+    # whose receive times then included waits of the benchmark's own making.
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    prod = ctx.Process(target=paced_producer, daemon=True, args=(bootstrap, src, n_streams, rate, seconds, chunk, stop))
     total = (int(rate * seconds) // chunk) * chunk
     per_stream = np.bincount(np.arange(total // chunk) % n_streams, minlength=n_streams) * chunk
     want = expected_forecasts(per_stream, every)
@@ -345,7 +351,7 @@ def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chu
     prod.start()
     deadline = time.monotonic() + seconds + timeout
     try:
-        while len(lat) < want and time.monotonic() < deadline and serve.alive():
+        while len(lat) < want and time.monotonic() < deadline and serve.alive() and prod.exitcode in (None, 0):
             batch = watch.poll(timeout_ms=50, max_records=100_000)
             recv = time.time() * 1000
             for recs in batch.values():
@@ -362,8 +368,12 @@ def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chu
     finally:
         stop.set()
         prod.join(timeout=30)
+        if prod.is_alive():
+            prod.kill()
         watch.close()
         stats = serve.stop()
+    if prod.exitcode not in (None, 0):
+        raise RuntimeError(f"the paced producer failed (exit code {prod.exitcode})")
     if len(lat) < want:
         raise RuntimeError(f"{len(lat)} of {want} forecasts arrived in the latency run; log tail:\n{serve.tail()}")
     steady = np.asarray(lat[int(len(lat) * LATENCY_DROP):])
