@@ -516,13 +516,13 @@ class Service:
         # 4x faster than json.dumps of a dict; a diverging model's non-finite numbers become null.
         tail = f',"model":{json.dumps(served.name)},"version":{json.dumps(served.version)}}}'
         if finite and y.shape[1] * y.shape[2] == 1:  # one value per forecast: no nested lists to build
-            flat = y.ravel().tolist()
+            reprs = list(map(repr, y.ravel().tolist()))  # repr of a finite float is valid JSON
 
             def many(sl: slice) -> str:
-                return "[" + ",".join([f"[[{v!r}]]" for v in flat[sl]]) + "]"
+                return "[[[" + "]],[[".join(reprs[sl]) + "]]]"
 
             def one(j: int) -> str:
-                return f"[[{flat[j]!r}]]"
+                return f"[[{reprs[j]}]]"
         else:
             rows = y.tolist()
             fmt = str if finite else (lambda v: json.dumps(json_safe(v)))
