@@ -120,7 +120,7 @@ def decode_batch(batch: DefaultRecordBatch, topic: str, partition: int, leader_e
             append(new(cls, (topic, partition, leader_epoch, base_offset + offset_delta,
                              first_ts + ts_delta if log_append_ts is None else log_append_ts, ts_type, key, value,
                              headers, None, key_size, value_size, header_size)))
-    except IndexError as exc:
+    except (ValueError, IndexError) as exc:  # truncated bytes, or a header key that is not UTF-8
         raise Errors.CorruptRecordError(f"Found invalid record structure: {exc!r}") from None
     if pos != len(data):
         raise Errors.CorruptRecordError(f"{len(data) - pos} unconsumed bytes after all records consumed")

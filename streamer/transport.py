@@ -168,11 +168,10 @@ class RecordAppender:
     records of each partition are written straight into its open batch under the partition's lock
     (append_to_batch: byte for byte what the builder writes), and they share that batch's future: 2.7 us a
     record, against 33 through send() and 14-19 through the accumulator's append (20k records of one
-    transaction, kafka-python 3.0.12). Records
-    without a partition (through send(), in order among themselves), records near the size limit (the
-    accumulator's own append, after send()'s exact size check) and producers whose internals differ from
-    those this was written against take the slower paths. Order is kept within every partition, which is
-    all Kafka orders.
+    transaction, kafka-python 3.0.12). Records without a partition (through send(), in order among
+    themselves), records near the size limit (the accumulator's own append, after send()'s exact size
+    check), batches of the legacy message format and producers whose internals differ from those this was
+    written against take the slower paths. Order is kept within every partition, which is all Kafka orders.
     """
 
     def __init__(self, producer: KafkaProducer) -> None:
@@ -228,7 +227,8 @@ class RecordAppender:
                 with accumulator._tp_lock(tp):
                     dq = accumulator._batches[tp]
                     last = dq[-1] if dq else None
-                    if last is not None and not last.records._closed and last.records._builder is not None:
+                    if (last is not None and not last.records._closed
+                            and type(last.records._builder) is DefaultRecordBatchBuilder):  # open, format v2
                         written = append_to_batch(last, records, order, k, timestamp_ms, now, self._limit)
                         for m in range(k, k + written):
                             futures[order[m]] = last.produce_future
