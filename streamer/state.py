@@ -29,15 +29,13 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_FREE = np.iinfo(np.int64).max  # LRU rank of a free slot: never chosen as a victim
 
 
 def _json(obj: Any) -> bytes:
     """Compact JSON (NaN and Infinity as Python's json writes them): pydantic-core's encoder, about 6x faster
     than json's on detector state full of floats, which every commit encodes for every changed stream."""
     return to_json(obj, inf_nan_mode="constants")
-
-
-_FREE = np.iinfo(np.int64).max  # LRU rank of a free slot: never chosen as a victim
 
 
 def _le_bytes(t: Tensor) -> bytes:
