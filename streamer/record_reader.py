@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 _LOG_APPEND_TIME = DefaultRecordBatch.LOG_APPEND_TIME
 _READ_COMMITTED = IsolationLevel.READ_COMMITTED
-_ConsumerRecord = ConsumerRecord
-_new = tuple.__new__  # ConsumerRecord(...) minus the namedtuple's Python-level __new__
 
 
 def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
@@ -62,6 +60,11 @@ def _headers(data: bytes, pos: int, count: int) -> tuple[list, int]:
     return headers, pos
 
 
+def _header_size(headers: list) -> int:
+    """ConsumerRecord.serialized_header_size, as kafka-python computes it."""
+    return sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers) if headers else -1
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     """The zigzag varint at `pos`: (value, position after it); one- and two-byte ones without a loop."""
     b = data[pos]
@@ -83,7 +86,7 @@ def decode_batch(batch: DefaultRecordBatch, topic: str, partition: int, leader_e
     base_offset, first_ts, count = batch.base_offset, batch.first_timestamp, batch.records_count
     ts_type = batch.timestamp_type
     log_append_ts = batch.max_timestamp if ts_type == _LOG_APPEND_TIME else None
-    new, cls, varint = _new, _ConsumerRecord, _varint
+    new, cls, varint = tuple.__new__, ConsumerRecord, _varint  # tuple.__new__: the namedtuple's __new__ minus a call
     records, total = [], 0
     append = records.append
     try:
@@ -110,8 +113,7 @@ def decode_batch(batch: DefaultRecordBatch, topic: str, partition: int, leader_e
                 if n < 0:
                     raise Errors.CorruptRecordError(f"Found invalid number of record headers {n}")
                 headers, pos = _headers(data, pos, n)
-                header_size = sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0)
-                                  for k, v in headers) if headers else -1
+                header_size = _header_size(headers)
             if pos != end:
                 raise Errors.CorruptRecordError(
                     f"Invalid record size: expected to read {size} bytes in record payload, but instead read "
@@ -189,11 +191,10 @@ class FastPartitionRecords(Fetcher.PartitionRecords):
             self.records_read += 1
             self.bytes_read += record.size_in_bytes
             self.next_fetch_offset = record.offset + 1
-            yield _ConsumerRecord(
+            yield ConsumerRecord(
                 tp.topic, tp.partition, self.leader_epoch, record.offset, record.timestamp, record.timestamp_type,
                 key, value, headers, record.checksum, len(key) if key is not None else -1,
-                len(value) if value is not None else -1,
-                sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers) if headers else -1)
+                len(value) if value is not None else -1, _header_size(headers))
 
 
 def _supported() -> bool:

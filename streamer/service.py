@@ -300,11 +300,11 @@ class Service:
         return [r for recs in batch.values() for r in recs]
 
     def _top_up(self, consumer, records: list, max_records: int) -> list:
-        """Add what reached the broker since the prefetched response that `records` came from.
+        """Add what reached the broker since the fetch that `records` came from.
 
-        The consumer sends its next fetch as a poll returns, so the broker answers it while the batch is
-        being processed: the next poll returns only what had arrived by then, and what arrived during the
-        processing waits a whole extra cycle. One more short poll fetches it into this batch.
+        kafka-python sends a fetch only from inside a poll, and a poll answered by a fetch sent earlier returns
+        what had arrived when the broker answered it: what arrived while the last batch was processed would
+        wait a whole extra cycle. One more short poll fetches it into this batch.
 
         A rebalance inside that poll committed the work before `records` and dropped the state of every
         partition (eager protocol), to be restored as of the committed offsets, which are where `records`

@@ -17,6 +17,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecordsBuilder
+from kafka.record.util import encode_varint
 from kafka.structs import OffsetAndMetadata
 
 from streamer import record_reader
@@ -98,12 +99,8 @@ def make_producer(kafka: KafkaSettings, transactional_id: str | None) -> KafkaPr
 
 def _varint_bytes(value: int) -> bytes:
     """Kafka's zigzag varint of `value`."""
-    value = (value << 1) ^ (value >> 63)
     out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
+    encode_varint(value, out.append)
     return bytes(out)
 
 
