@@ -478,8 +478,9 @@ class Service:
         np.cumsum([len(g[0]) for g in groups.values()], out=offsets[1:])
         ts_arr = np.fromiter(itertools.chain.from_iterable(g[0] for g in groups.values()), dtype=np.int64,
                              count=int(offsets[-1]))
-        values = (np.array(list(itertools.chain.from_iterable(g[1] for g in groups.values())), dtype=np.float32)
-                  - served.mean) / served.std
+        chain = itertools.chain.from_iterable  # every row has n_features values (parse checked): fromiter is 4x faster
+        values = (np.fromiter(chain(chain(g[1] for g in groups.values())), dtype=np.float32,
+                              count=int(offsets[-1]) * n_features).reshape(-1, n_features) - served.mean) / served.std
         records_of = {s: g[2] for s, g in groups.items()}
         started = time.perf_counter()
         results = self.engine.step_grouped(order, offsets, ts_arr, values, now=wall)
@@ -512,26 +513,36 @@ class Service:
         finite = bool(np.isfinite(y).all())
         offsets = results.offsets.tolist()
         ts_all = results.ts.tolist()
-        # The hot path assembles JSON from pieces (str() of a list of finite floats is valid JSON), about
-        # 4x faster than json.dumps of a dict; a diverging model's non-finite numbers become null.
+        # The hot path assembles JSON from pieces, about 4x faster than json.dumps of a dict. Numbers have 9
+        # significant digits, all a float32 model output holds (a float32 round-trips through 9), in half the
+        # time of repr's 17; a diverging model's non-finite numbers become null.
         tail = f',"model":{json.dumps(served.name)},"version":{json.dumps(served.version)}}}'
-        if finite and y.shape[1] * y.shape[2] == 1:  # one value per forecast: no nested lists to build
-            reprs = list(map(repr, y.ravel().tolist()))  # repr of a finite float is valid JSON
+        n_values, width = y.shape[1] * y.shape[2], y.shape[2]
+        if finite and n_values == 1:  # one value per forecast: no nested lists to build
+            texts = [f"{v:.9g}" for v in y.ravel().tolist()]  # a finite float in g format is valid JSON
 
             def many(sl: slice) -> str:
-                return "[[[" + "]],[[".join(reprs[sl]) + "]]]"
+                return "[[[" + "]],[[".join(texts[sl]) + "]]]"
 
             def one(j: int) -> str:
-                return f"[[{reprs[j]}]]"
+                return f"[[{texts[j]}]]"
+        elif finite:  # only the picked readings' forecasts are formatted (forecast_every may skip most)
+            flat = y.reshape(y.shape[0], n_values).tolist()
+
+            def one(j: int) -> str:
+                texts = [f"{v:.9g}" for v in flat[j]]
+                return "[[" + "],[".join(",".join(texts[h:h + width]) for h in range(0, n_values, width)) + "]]"
+
+            def many(sl: slice) -> str:
+                return "[" + ",".join(map(one, range(*sl.indices(len(flat))))) + "]"
         else:
             rows = y.tolist()
-            fmt = str if finite else (lambda v: json.dumps(json_safe(v)))
 
             def many(sl: slice) -> str:
-                return fmt(rows[sl])
+                return json.dumps(json_safe(rows[sl]))
 
             def one(j: int) -> str:
-                return fmt(rows[j])
+                return json.dumps(json_safe(rows[j]))
         topic, n_parts, out, kinds = k.forecast_topic, self._forecast_partitions, p.records, p.kinds
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]

@@ -63,6 +63,21 @@ def test_forecast_values_equal_the_models_forward_pass(horizon, n_features, reco
         np.testing.assert_allclose(np.asarray(got[f"s{s}"]), want[s], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("records", ["batch", "input"])
+def test_every_third_forecast_of_several_steps_and_channels(records):
+    service, model = _service(2, 2, records)
+    service.settings.output.forecast_every = 3
+    recs, values = _records(streams=3, per_stream=7, n_features=2)
+    service.process(recs[:10])
+    service.process(recs[10:])
+    got = _forecasts(service)
+    with torch.no_grad():
+        want, _ = model(torch.from_numpy(values))
+    want = want["forecast"].reshape(3, 7, 2, 2).numpy()
+    for s in range(3):  # readings 3 and 6 of each stream (1-based): rows 2 and 5
+        np.testing.assert_allclose(np.asarray(got[f"s{s}"]), want[s][2::3], rtol=1e-7, atol=1e-7)
+
+
 def test_non_finite_forecasts_become_null():
     service, model = _service(1, 1)
     with torch.no_grad():
