@@ -305,7 +305,7 @@ def paced_producer(bootstrap: str, topic: str, n_streams: int, rate: float, seco
     vals = [f"{v:.5f}" for v in rng.standard_normal(4096).tolist()]
     record_rate = rate / chunk
     total = int(rate * seconds) // chunk
-    # Rendering takes ~2 us a record: start the schedule once all of it is done.
+    # Rendering takes about 2 us a record: the schedule starts after twice that, once all of it is done.
     start_ms = int(time.time() * 1000) + 500 + int(total * 0.004)
     due_ms = [start_ms + int(i * 1000 / record_rate) for i in range(total)]
     last_ts = [0] * n_streams

@@ -476,9 +476,9 @@ class Service:
         order = list(groups)
         offsets = np.zeros(len(order) + 1, dtype=np.int64)
         np.cumsum([len(g[0]) for g in groups.values()], out=offsets[1:])
-        ts_arr = np.fromiter(itertools.chain.from_iterable(g[0] for g in groups.values()), dtype=np.int64,
-                             count=int(offsets[-1]))
-        chain = itertools.chain.from_iterable  # every row has n_features values (parse checked): fromiter is 4x faster
+        chain = itertools.chain.from_iterable
+        ts_arr = np.fromiter(chain(g[0] for g in groups.values()), dtype=np.int64, count=int(offsets[-1]))
+        # Every row has n_features values (parse checked them): fromiter is 4x faster than np.array of the rows.
         values = (np.fromiter(chain(chain(g[1] for g in groups.values())), dtype=np.float32,
                               count=int(offsets[-1]) * n_features).reshape(-1, n_features) - served.mean) / served.std
         records_of = {s: g[2] for s, g in groups.items()}
