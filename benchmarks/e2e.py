@@ -333,6 +333,14 @@ def paced_producer(bootstrap: str, topic: str, n_streams: int, rate: float, seco
     producer.close()
 
 
+def readings_in(value: bytes) -> int:
+    """How many readings a forecast record covers: the entries of its "ts" list, or 1 (no JSON decoding)."""
+    start = value.find(b'"ts":') + 5
+    if value[start:start + 1] != b"[":
+        return 1
+    return value.count(b",", start, value.index(b"]", start)) + 1
+
+
 def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chunk: int, every: int,
                 settings: dict[str, str], partitions: int, timeout: float) -> dict[str, Any]:
     """Paced readings into a fresh topic while `streamer serve` (exactly-once) runs; forecast receipt - ts."""
@@ -353,25 +361,20 @@ def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chu
     total = (int(rate * seconds) // chunk) * chunk
     per_stream = np.bincount(np.arange(total // chunk) % n_streams, minlength=n_streams) * chunk
     want = expected_forecasts(per_stream, every)
-    lat: list[float] = []
-    loads = json.loads
+    # The reader only counts the forecasts while the clock runs and decodes them afterwards: like the load
+    # generator, it shares the cores with the daemon under test (json.loads per record took 0.15 of a core).
+    arrivals: list[tuple[float, bytes]] = []
+    seen = 0
     prod.start()
     deadline = time.monotonic() + seconds + timeout
     try:
-        while len(lat) < want and time.monotonic() < deadline and serve.alive() and prod.exitcode in (None, 0):
+        while seen < want and time.monotonic() < deadline and serve.alive() and prod.exitcode in (None, 0):
             batch = watch.poll(timeout_ms=50, max_records=100_000)
             recv = time.time() * 1000
             for recs in batch.values():
                 for r in recs:
-                    f = loads(r.value)
-                    ts, ns = f["ts"], f["n"]
-                    if not isinstance(ts, list):
-                        ts, ns = [ts], [ns]
-                    elif not isinstance(ns, list):  # several readings, "n" of the last one
-                        ns = list(range(ns - len(ts) + 1, ns + 1))
-                    for t, n in zip(ts, ns, strict=True):
-                        # a chunk's reading k of 32 was stamped (31 - k) ms before the send
-                        lat.append(recv - (t + chunk - 1 - (n - 1) % chunk))
+                    arrivals.append((recv, r.value))
+                    seen += readings_in(r.value)
     finally:
         stop.set()
         prod.join(timeout=30)
@@ -381,8 +384,19 @@ def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chu
         stats = serve.stop()
     if prod.exitcode not in (None, 0):
         raise RuntimeError(f"the paced producer failed (exit code {prod.exitcode})")
-    if len(lat) < want:
-        raise RuntimeError(f"{len(lat)} of {want} forecasts arrived in the latency run; log tail:\n{serve.tail()}")
+    if seen < want:
+        raise RuntimeError(f"{seen} of {want} forecasts arrived in the latency run; log tail:\n{serve.tail()}")
+    lat: list[float] = []
+    for recv, value in arrivals:
+        f = json.loads(value)
+        ts, ns = f["ts"], f["n"]
+        if not isinstance(ts, list):
+            ts, ns = [ts], [ns]
+        elif not isinstance(ns, list):  # several readings, "n" of the last one
+            ns = list(range(ns - len(ts) + 1, ns + 1))
+        for t, n in zip(ts, ns, strict=True):
+            # a chunk's reading k of 32 was stamped (31 - k) ms before the send
+            lat.append(recv - (t + chunk - 1 - (n - 1) % chunk))
     steady = np.asarray(lat[int(len(lat) * LATENCY_DROP):])
     halves = np.array_split(steady, 2)  # a second half much slower than the first: a backlog is growing
     return {"p50_latency_ms": float(np.percentile(steady, 50)), "p99_latency_ms": float(np.percentile(steady, 99)),
