@@ -111,6 +111,11 @@ def _varint(value: int) -> bytes:
     return _VARINTS[value] if 0 <= value < 16384 else _varint_bytes(value)
 
 
+def _near_limit(record: OutRecord, max_bytes: int) -> bool:
+    """Whether a record's key and value come near `max_bytes`: then only the producer's exact size check decides."""
+    return len(record.key or b"") + len(record.value or b"") + 256 > max_bytes
+
+
 def append_to_batch(batch, records: list, order: list[int], k: int, timestamp_ms: int, now: float,
                     max_bytes: int) -> int:
     """Write records[order[k]], records[order[k + 1]], ... (one partition, no headers) into an open
@@ -128,9 +133,9 @@ def append_to_batch(batch, records: list, order: list[int], k: int, timestamp_ms
     varint, largest = _varint, batch.max_record_size
     for m in range(k, len(order)):
         r = records[order[m]]
-        key, value = r.key, r.value
-        if len(key or b"") + len(value or b"") + 256 > max_bytes:  # left to the caller's exact size check
+        if _near_limit(r, max_bytes):  # left to the caller's exact size check
             break
+        key, value = r.key, r.value
         body = b"".join([b"\x00", ts_delta, varint(offset),  # the offset in the batch: produce has base 0
                          varint(len(key)) + key if key is not None else b"\x01",
                          varint(len(value)) + value if value is not None else b"\x01", b"\x00"])
@@ -235,7 +240,7 @@ class RecordAppender:
             if k < len(order):  # no open batch, it is full, or a record near the limit: the accumulator's way
                 idx = order[k]
                 r = records[idx]
-                if len(r.value or b"") + len(r.key or b"") + 256 > self._limit:
+                if _near_limit(r, self._limit):
                     p._ensure_valid_record_size(p._estimate_size_in_bytes(r.key, r.value, []))
                 futures[idx], _, _, _ = accumulator.append(tp, timestamp_ms, r.key, r.value, [], now=now)
                 k += 1
