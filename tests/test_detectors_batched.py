@@ -104,3 +104,17 @@ def test_other_configurations_fall_back_to_the_per_stream_path():
     got = score_streams(pipe, [a], ["s"], np.array([0, 300]), np.arange(300), x, f)[0]
     assert got == pipe.score(b, np.arange(300), x, f, stream="s")["alerts"]
     assert a == copy.deepcopy(b)
+
+
+def test_log_tail_scores_equal_the_scalar_function_bit_for_bit() -> None:
+    """The vectorised score of many z values is log_tail_score(gaussian_tail(z)) exactly, edges included."""
+    from streamer.detectors.likelihood import gaussian_tail, log_tail_score, log_tail_scores
+
+    rng = np.random.default_rng(3)
+    z = np.concatenate([rng.normal(scale=3.0, size=2000), [-40.0, -1e-300, 0.0, 1e-300, 4.2648, 6.3613, 40.0,
+                                                            np.inf, -np.inf, np.nan]])
+    want = np.array([log_tail_score(gaussian_tail(v)) for v in z.tolist()])
+    got = log_tail_scores(z)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.detectors.likelihood import gaussian_tail, log_tail_score
+from streamer.detectors.likelihood import log_tail_scores
 from streamer.detectors.pipeline import AnomalyPipeline
 
 
@@ -78,6 +78,8 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
     z = np.zeros_like(err)
     final = np.zeros(x.shape[0])
     lo, hi = 0.0, er.zmax
+    tail_rows: list[np.ndarray] = []
+    tail_z: list[np.ndarray] = []
     for t in range(int(lengths.max()) if S else 0):
         idx = np.flatnonzero(lengths > t)
         rows = starts[idx] + t
@@ -114,7 +116,8 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
         warm = nn >= lk.warmup
         if warm.any():
             sd = np.sqrt(np.maximum(var[warm], 0.0)) + lk.min_std + lk.rel_std * np.abs(mu[warm])
-            final[rows[warm]] = [log_tail_score(gaussian_tail(v)) for v in ((mr[warm] - mu[warm]) / sd).tolist()]
+            tail_rows.append(rows[warm])  # scored all at once after the loop
+            tail_z.append((mr[warm] - mu[warm]) / sd)
         nn = nn + 1
         inv = 1.0 / nn
         a = np.where(lk.alpha >= inv, lk.alpha, inv)
@@ -122,17 +125,22 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
         l_mean[idx] = mu + a * d
         l_var[idx] = (1.0 - a) * (var + d * a * d)
         l_n[idx] = nn
+    if tail_rows:
+        final[np.concatenate(tail_rows)] = log_tail_scores(np.concatenate(tail_z))
 
     # scatter
+    # (whole arrays to lists once: a tolist per stream and field cost more than the arithmetic above)
     last = f[np.maximum(off[1:] - 1, 0)]
-    for i, st in enumerate(states):
-        if lengths[i] == 0:
+    for st, n_rows, pred, em, ev, en, rec, k, lm, lv, ln in zip(
+            states, lengths.tolist(), last.tolist(), e_mean.tolist(), e_var.tolist(), e_n.tolist(),
+            recent.tolist(), r_len.tolist(), l_mean.tolist(), l_var.tolist(), l_n.tolist(), strict=True):
+        if n_rows == 0:
             continue
         es, ls = st["error"], st["lik"]
-        es["pred"] = [v if math.isfinite(v) else None for v in last[i].tolist()]
-        es["mean"], es["var"], es["n"] = e_mean[i].tolist(), e_var[i].tolist(), e_n[i].tolist()
-        ls["recent"] = recent[i, : r_len[i]].tolist()
-        ls["mean"], ls["var"], ls["n"] = float(l_mean[i]), float(l_var[i]), int(l_n[i])
+        es["pred"] = [v if math.isfinite(v) else None for v in pred]
+        es["mean"], es["var"], es["n"] = em, ev, en
+        ls["recent"] = rec[:k]
+        ls["mean"], ls["var"], ls["n"] = lm, lv, ln
 
     # alerts: only where something can happen
     alerts: list[list[dict[str, Any]]] = [[] for _ in range(S)]

@@ -22,6 +22,21 @@ def log_tail_score(q: float) -> float:
     return min(1.0, max(0.0, math.log(q + 1e-10) / _LOG_EPS)) if q < 1.0 else 0.0
 
 
+# libm's erfc and log applied elementwise (numpy has no erfc, and its SIMD log may differ in the last bit)
+_ERFC = np.frompyfunc(math.erfc, 1, 1)
+_LOG = np.frompyfunc(math.log, 1, 1)
+
+
+def log_tail_scores(z: np.ndarray) -> np.ndarray:
+    """`log_tail_score(gaussian_tail(v))` of every v in `z`, bitwise: the same libm calls and IEEE arithmetic,
+    without two Python function calls per value (the daemon scores every reading of every stream)."""
+    z = np.asarray(z, dtype=np.float64)
+    q = 0.5 * _ERFC(z / math.sqrt(2.0)).astype(np.float64)
+    s = _LOG(q + 1e-10).astype(np.float64) / _LOG_EPS
+    s = np.where(s > 0.0, s, 0.0)  # max(0.0, s) and min(1.0, s) as Python evaluates them, NaN included
+    return np.where(q < 1.0, np.where(s < 1.0, s, 1.0), 0.0)
+
+
 class AnomalyLikelihood(Detector):
     """Likelihood L = 1 - Q((m - mu) / sigma) where m is the mean of the last `short` raw scores and (mu, sigma)
     their long-run distribution, an EWMA of half-life `halflife` readings updated after scoring.
