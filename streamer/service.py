@@ -29,6 +29,7 @@ from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors
 from streamer.engine import Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError, InvalidRecord
+from streamer.heap import BatchCollector
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import ServedModel, checkpoint_signature, load_checkpoint, served_model, wrap_model
 from streamer.models import RecurrentModel
@@ -100,8 +101,9 @@ class Service:
     """Consumes readings, keeps each stream's state across polls, publishes forecasts; exactly once."""
 
     def __init__(self, settings: Settings, model: RecurrentModel | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, collector: BatchCollector | None = None) -> None:
         self.settings = settings
+        self.collector = collector  # runs the cyclic garbage collector between batches (the daemon's process)
         self.device = resolve_device(settings.engine.device)
         self.threads = resolve_threads(settings.engine.threads)
         self.metrics = metrics or Metrics()
@@ -270,6 +272,10 @@ class Service:
                     last_commit = now
                 elif self._inflight is not None and self._committer.idle():
                     self._settle()  # account for a finished commit without waiting for the next one
+                if records and self.collector is not None:
+                    if self.stats.commits:
+                        self.collector.settle()
+                    self.collector.after_batch()
                 if e.idle_ttl_s is not None:
                     self.engine.store.evict_idle(time.time())
                 if self.detectors.silence is not None and now - last_silence >= 1.0:

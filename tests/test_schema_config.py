@@ -101,16 +101,43 @@ def test_torch_threads_default_to_half_the_cores_and_refuse_zero():
         load_settings(engine={"threads": 0})
 
 
-def test_the_daemon_freezes_start_up_objects_and_collects_young_garbage_rarely():
+def test_the_daemon_collects_garbage_between_batches_only():
     import gc
 
-    from streamer.cli import GC_GEN0_THRESHOLD, tune_gc
+    from streamer.heap import BatchCollector
 
-    before = gc.get_threshold()
+    was_enabled = gc.isenabled()
+    collector = BatchCollector(middle_every=3, full_every_s=3600)
+    seen: list[int] = []
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
     try:
-        tune_gc()
-        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD and gc.get_threshold()[1:] == before[1:]
+        collector.start()
+        assert not gc.isenabled()
         assert gc.get_freeze_count() > 1000  # the modules, torch and the model loaded so far
+        frozen = gc.get_freeze_count()
+        junk = [[i] for i in range(50_000)]  # allocations that would have triggered automatic collections
+        collector.settle()
+        assert gc.get_freeze_count() >= frozen + 50_000  # what the first batch left alive is frozen too
+        del junk
+        gc.callbacks.append(record)
+        try:
+            for _ in range(200_000):  # no automatic collection, whatever is allocated
+                _ = [[], []]
+            assert seen == []
+            for _ in range(6):
+                collector.after_batch()
+            assert seen == [0, 0, 1, 0, 0, 1]
+            collector.full_every_s = 0.0
+            collector.after_batch()
+            assert seen[-1] == 2
+        finally:
+            gc.callbacks.remove(record)
+        collector.stop()
+        assert gc.isenabled()
     finally:
         gc.unfreeze()
-        gc.set_threshold(*before)
+        (gc.enable if was_enabled else gc.disable)()
