@@ -49,6 +49,7 @@ from streamer.transport import (
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0
 TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker answers it at once when data waits)
+_G9 = "{:.9g}".format  # 9 significant digits; mapped, a third cheaper than an f-string in a comprehension
 LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
 
 
@@ -525,7 +526,7 @@ class Service:
         tail = f',"model":{json.dumps(served.name)},"version":{json.dumps(served.version)}}}'
         n_values, width = y.shape[1] * y.shape[2], y.shape[2]
         if finite and n_values == 1:  # one value per forecast: no nested lists to build
-            texts = [f"{v:.9g}" for v in y.ravel().tolist()]  # a finite float in g format is valid JSON
+            texts = list(map(_G9, y.ravel().tolist()))  # a finite float in g format is valid JSON
 
             def many(sl: slice) -> str:
                 return "[[[" + "]],[[".join(texts[sl]) + "]]]"
@@ -536,7 +537,7 @@ class Service:
             flat = y.reshape(y.shape[0], n_values).tolist()
 
             def one(j: int) -> str:
-                texts = [f"{v:.9g}" for v in flat[j]]
+                texts = list(map(_G9, flat[j]))
                 return "[[" + "],[".join(",".join(texts[h:h + width]) for h in range(0, n_values, width)) + "]]"
 
             def many(sl: slice) -> str:
@@ -550,6 +551,26 @@ class Service:
             def one(j: int) -> str:
                 return json.dumps(json_safe(rows[j]))
         topic, n_parts, out, kinds = k.forecast_topic, self._forecast_partitions, p.records, p.kinds
+        if not by_input:  # one record per stream and batch: the hot path, without per-record spans
+            get_extra, keys, append = store.get_extra, self._forecast_keys, out.append
+            published = 0
+            for stream, a, b in zip(results.streams, offsets[:-1], offsets[1:], strict=True):
+                extra = get_extra(stream)
+                if extra is None:
+                    extra = {}
+                    store.set_extra(stream, extra)
+                seen = extra.get("n", 0)  # readings of the stream before this batch
+                first = a + (every - seen % every) - 1  # its first reading on the cadence
+                if first < b:
+                    key, part, head = keys.get(stream) or self._forecast_key(stream, n_parts)
+                    ns = list(range(seen + first - a + 1, seen + b - a + 1, every))
+                    value = f'{head}{ts_all[first:b:every]},"n":{ns},"forecast":{many(slice(first, b, every))}{tail}'
+                    append(OutRecord(topic, key, value.encode(), part))
+                    published += 1
+                extra["n"] = seen + b - a
+                extra["ts"] = ts_all[b - 1]
+            kinds["forecast"] += published
+            return
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]
             extra = store.get_extra(stream) or {}

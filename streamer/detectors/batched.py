@@ -78,6 +78,7 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
     z = np.zeros_like(err)
     final = np.zeros(x.shape[0])
     lo, hi = 0.0, er.zmax
+    columns = np.arange(short)[None, :]
     tail_rows: list[np.ndarray] = []
     tail_z: list[np.ndarray] = []
     for t in range(int(lengths.max()) if S else 0):
@@ -108,10 +109,9 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
         r_len[idx] = np.minimum(r_len[idx] + 1, short)
         recent[idx, r_len[idx] - 1] = raw
         k = r_len[idx]
-        acc = recent[idx, 0].copy()
-        for j in range(1, short):
-            acc += np.where(j < k, recent[idx, j], 0.0)
-        mr = acc / k
+        window = recent[idx]
+        window[columns >= k[:, None]] = 0.0  # past each stream's window: adds +0.0, as the per-stream sum
+        mr = np.add.accumulate(window, axis=1)[:, -1] / k  # left to right, as sum() of the per-stream path
         mu, var, nn = l_mean[idx], l_var[idx], l_n[idx]
         warm = nn >= lk.warmup
         if warm.any():
