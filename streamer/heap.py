@@ -10,14 +10,17 @@ after start-up (modules, torch, the model) and after the first commit (what kafk
 lazily on first use) are frozen: no collection walks them again.
 
 So the loop drives the collector: automatic collection off, a young collection after every batch (when what
-the batch allocated is mostly freed already, so it is short), the middle generation every `middle_every`
-batches, everything every `full_every_s` seconds.
+the batch allocated is mostly freed already, so it is short) and once a second while idle (heartbeats and
+metadata refreshes make garbage too), the middle generation every `middle_every` collections, everything
+every `full_every_s` seconds.
 """
 
 from __future__ import annotations
 
 import gc
 import time
+
+IDLE_EVERY_S = 1.0  # young collections while no records come
 
 
 class BatchCollector:
@@ -26,8 +29,8 @@ class BatchCollector:
     def __init__(self, middle_every: int = 10, full_every_s: float = 60.0) -> None:
         self.middle_every = middle_every
         self.full_every_s = full_every_s
-        self.batches = 0
-        self.last_full = time.monotonic()
+        self.collections = 0
+        self.last_full = self.last_young = time.monotonic()
         self.settled = False
 
     def start(self) -> None:
@@ -44,15 +47,19 @@ class BatchCollector:
             gc.collect()
             gc.freeze()
 
-    def after_batch(self) -> None:
-        """Collect the garbage cycles of the batch just processed (and, now and then, of older ones)."""
-        self.batches += 1
+    def after_poll(self, busy: bool) -> None:
+        """Collect the garbage cycles of the batch just processed (`busy`), or of the last second when idle;
+        now and then those of older generations too."""
         now = time.monotonic()
+        if not busy and now - self.last_young < IDLE_EVERY_S:
+            return
+        self.last_young = now
+        self.collections += 1
         if now - self.last_full >= self.full_every_s:
             gc.collect(2)
             self.last_full = now
         else:
-            gc.collect(1 if self.batches % self.middle_every == 0 else 0)
+            gc.collect(1 if self.collections % self.middle_every == 0 else 0)
 
     def stop(self) -> None:
         """Hand collection back to the interpreter."""

@@ -253,6 +253,7 @@ class Service:
                 consumer.subscribe(pattern=k.input_pattern, listener=_Rebalance(self))
             else:
                 consumer.subscribe(k.input_topics, listener=_Rebalance(self))
+                self._await_metadata(consumer, k.input_topics)
             log.info("serving", extra={"topics": k.input_pattern or k.input_topics, "group": k.group_id,
                                        "device": self.device, "threads": self.threads, "model": self.served.name,
                                        "version": self.served.version, "exactly_once": k.exactly_once})
@@ -273,10 +274,10 @@ class Service:
                     last_commit = now
                 elif self._inflight is not None and self._committer.idle():
                     self._settle()  # account for a finished commit without waiting for the next one
-                if records and self.collector is not None:
+                if self.collector is not None:
                     if self.stats.commits:
                         self.collector.settle()
-                    self.collector.after_batch()
+                    self.collector.after_poll(bool(records))
                 if e.idle_ttl_s is not None:
                     self.engine.store.evict_idle(time.time())
                 if self.detectors.silence is not None and now - last_silence >= 1.0:
@@ -297,6 +298,23 @@ class Service:
             self._inflight = None
             consumer.close(autocommit=False)
             producer.close(timeout=10)
+
+    def _await_metadata(self, consumer, topics: list[str]) -> None:
+        """Hold the first join of the group until the consumer's metadata has every input topic.
+
+        The group leader assigns partitions from its own metadata. When its first join comes before the first
+        metadata response of the subscription, it finds none ("No partition metadata for topic"), assigns
+        nothing, and kafka-python does not rejoin when the metadata arrives (dpkp/kafka-python#2377): the
+        instance idled for good (seen once in about 20 benchmark runs). The topics exist (checked at start),
+        so this wait is one metadata round trip; past the session timeout it fails the session, to be retried.
+        """
+        deadline = time.monotonic() + self.settings.kafka.session_timeout_ms / 1000
+        missing = [t for t in topics if not consumer.partitions_for_topic(t)]
+        while missing:
+            if time.monotonic() > deadline:
+                raise KafkaError(f"no partition metadata for input topics {missing}")
+            self.stop_event.wait(0.1)
+            missing = [t for t in missing if not consumer.partitions_for_topic(t)]
 
     def _poll(self, consumer, timeout_ms: int, max_records: int) -> list:
         """The records of one poll, in order; raises the failure of a commit made in a rebalance callback."""
@@ -575,13 +593,11 @@ class Service:
             a, b = offsets[i], offsets[i + 1]
             extra = store.get_extra(stream) or {}
             seen = int(extra.get("n", 0))
-            # (first row, end row, as a list?) of each record to publish, in the batch arrays
-            spans = [(a, b, True)]
-            if by_input:
-                spans, start = [], a
-                for size, is_chunk in records_of[stream]:
-                    spans.append((start, start + size, is_chunk))
-                    start += size
+            # (first row, end row, as a list?) of each input record, in the batch arrays: one forecast record each
+            spans, start = [], a
+            for size, is_chunk in records_of[stream]:
+                spans.append((start, start + size, is_chunk))
+                start += size
             key = part = head = None
             for start, end, as_list in spans:
                 n0 = seen + start - a  # readings of the stream before this span

@@ -129,10 +129,15 @@ def test_the_daemon_collects_garbage_between_batches_only():
                 _ = [[], []]
             assert seen == []
             for _ in range(6):
-                collector.after_batch()
+                collector.after_poll(busy=True)
             assert seen == [0, 0, 1, 0, 0, 1]
+            collector.after_poll(busy=False)  # idle: at most one young collection a second
+            assert len(seen) == 6
+            collector.last_young -= 1.0
+            collector.after_poll(busy=False)
+            assert seen[-1] == 0 and len(seen) == 7
             collector.full_every_s = 0.0
-            collector.after_batch()
+            collector.after_poll(busy=True)
             assert seen[-1] == 2
         finally:
             gc.callbacks.remove(record)

@@ -133,3 +133,27 @@ def test_a_rebalance_inside_the_top_up_rewinds_the_partitions_still_held(held):
     # the first records are given up; partitions still held restart at them, fresh ones of theirs come again
     assert consumer.sought == {p: min(r.offset for r in first if r.partition == p) for p in held if p < 2}
     assert got == [r for r in fresh if r.partition == 2]
+
+
+class _LateMetadata:
+    """A consumer whose metadata holds the topic only from the `ready_after`-th lookup on."""
+
+    def __init__(self, ready_after: int) -> None:
+        self.lookups, self.ready_after = 0, ready_after
+
+    def partitions_for_topic(self, topic: str) -> set:
+        self.lookups += 1
+        return {0, 1} if self.lookups >= self.ready_after else set()
+
+
+def test_the_first_join_waits_for_the_input_topics_metadata():
+    """dpkp/kafka-python#2377: a leader without the topic's metadata assigns nothing and never rejoins."""
+    from kafka.errors import KafkaError
+
+    service, _ = _service(1, 1)
+    consumer = _LateMetadata(ready_after=3)
+    service._await_metadata(consumer, ["in"])
+    assert consumer.lookups == 3
+    service.settings.kafka.session_timeout_ms = 300
+    with pytest.raises(KafkaError, match="no partition metadata for input topics"):
+        service._await_metadata(_LateMetadata(ready_after=10**9), ["in"])
