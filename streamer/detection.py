@@ -60,7 +60,13 @@ class StreamDetectors:
             logits = results.outputs["event"]
             probs = 1.0 / (1.0 + np.exp(-logits.reshape(logits.shape[0], -1)[:, 0]))
         offsets = results.offsets.tolist()
-        extras = [store.get_extra(stream) or {} for stream in results.streams]
+        extras, get_extra = [], store.get_extra
+        for stream in results.streams:  # each stream's detector state, changed in place below
+            extra = get_extra(stream)
+            if extra is None:
+                extra = {}
+                store.set_extra(stream, extra)
+            extras.append(extra)
         if self.anomalies is not None:  # all streams at once (see detectors/batched.py)
             states = [extra.get("anomaly") or self.anomalies.init_state() for extra in extras]
             per_stream = score_streams(self.anomalies, states, results.streams, results.offsets, results.ts, x,
@@ -68,6 +74,8 @@ class StreamDetectors:
             for extra, st, alerts in zip(extras, states, per_stream, strict=True):
                 extra["anomaly"] = st
                 out.alerts.extend(alerts)
+        if self.events is None and self.silence is None:
+            return out
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]
             ts = results.ts[a:b]
@@ -80,7 +88,6 @@ class StreamDetectors:
                 st = extra.get("silence") or self.silence.init_state()
                 out.events.extend(self.silence.step(st, ts, stream=stream))
                 extra["silence"] = st
-            store.set_extra(stream, extra)
         return out
 
     def check_silence(self, store: StateStore, now_ms: int) -> tuple[list[dict[str, Any]], list[str]]:
