@@ -125,7 +125,7 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         for v in row:  # NaN fails the comparison, and so does anything that would overflow float32 to inf
             if not -_F32_MAX <= v <= _F32_MAX:
                 raise InvalidRecord("non_finite", "values contain NaN or Inf (or exceed float32)")
-        if ts_range is not None:
+        if ts_range is not None and not ts_range[0] <= ts <= ts_range[1]:
             _check_range(ts, ts, ts_range)
         return stream, [ts], [row], False
     if len(ts) != len(values):

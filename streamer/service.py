@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0
 TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker answers it at once when data waits)
 _G9 = "{:.9g}".format  # 9 significant digits; mapped, a third cheaper than an f-string in a comprehension
+_NO_EXTRA: dict = {}  # the extras of a stream without any (read only)
 LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
 
 
@@ -459,24 +460,26 @@ class Service:
             p.reasons[reason] += 1
 
         decoded = []
-        partition_of = self.partition_of
+        partition_of, append = self.partition_of, decoded.append
+        channels, max_bytes = served.channels, k.max_record_bytes
         for r in records:
             try:
-                stream, ts, rows, is_chunk = parse(r.value, n_features, served.channels, k.max_record_bytes,
-                                                   ts_range)
-                if r.key is not None and r.key != stream.encode():
-                    raise InvalidRecord("key_mismatch", f"key {r.key!r} differs from stream {stream!r}")
+                stream, ts, rows, is_chunk = parse(r.value, n_features, channels, max_bytes, ts_range)
+                key = r.key
+                if key is not None and key != stream.encode():
+                    raise InvalidRecord("key_mismatch", f"key {key!r} differs from stream {stream!r}")
             except InvalidRecord as exc:
                 reject(r, exc.reason, exc.detail)
                 continue
-            decoded.append((r, stream, ts, rows, is_chunk))
+            append((r, stream, ts, rows, is_chunk))
             partition_of[stream] = r.partition
         if not decoded:
             return
         streams = list(dict.fromkeys(d[1] for d in decoded))
         wall = time.time()
         store.slots(streams, wall)  # resident (and loaded from the cold store) before their last ts is read
-        last = {s: (store.get_extra(s) or {}).get("ts", -1) for s in streams}
+        get_extra = store.get_extra
+        last = {s: (get_extra(s) or _NO_EXTRA).get("ts", -1) for s in streams}
         # per stream: its timestamps, rows, and (readings, chunk?) of each accepted record, in arrival order
         groups: dict[str, tuple[list[int], list[list[float]], list[tuple[int, bool]]]] = {}
         # Arrival order decides: a reading not after its stream's last one is refused, however polls fall.

@@ -106,6 +106,7 @@ class StateStore:
         self._clock = 0
         self._seen = np.zeros(capacity, dtype=np.float64)  # last `now` each slot was used
         self._extra: dict[str, dict[str, Any]] = {}
+        self._heads: dict[str, bytes] = {}  # stream -> its snapshot header up to the extras (bounded by capacity)
         self.evictions = 0
         self.discarded = 0  # on_miss snapshots that did not fit this store (their streams started afresh)
 
@@ -314,9 +315,14 @@ class StateStore:
             rows.append(raw.reshape(len(stream_ids), -1))
         const = _json(self._layout_header())[:-1] + b',"streams":'  # without its closing brace
         dumps, extra_of, pack = _json, self._extra.get, _PREFIX.pack
-        out = []
+        out, heads = [], self._heads
         for i, s in enumerate(stream_ids):
-            head = b"".join([const, dumps([s]), b',"extras":', dumps([extra_of(s)]), b"}"])
+            start = heads.get(s)
+            if start is None:
+                if len(heads) >= self._capacity:
+                    heads.clear()
+                start = heads[s] = b"".join([const, dumps([s]), b',"extras":'])
+            head = b"".join([start, dumps([extra_of(s)]), b"}"])
             out.append(b"".join([pack(MAGIC, VERSION, len(head)), head, *(r[i].tobytes() for r in rows)]))
         return out
 
