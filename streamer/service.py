@@ -306,8 +306,9 @@ class Service:
         The group leader assigns partitions from its own metadata. When its first join comes before the first
         metadata response of the subscription, it finds none ("No partition metadata for topic"), assigns
         nothing, and kafka-python does not rejoin when the metadata arrives (dpkp/kafka-python#2377): the
-        instance idled for good (seen once in about 20 benchmark runs). The topics exist (checked at start),
-        so this wait is one metadata round trip; past the session timeout it fails the session, to be retried.
+        instance idled for good (once in about 100 daemon starts of the benchmarks). The topics exist (checked
+        at start), so this wait is one metadata round trip; past the session timeout it fails the session, to be
+        retried.
         """
         deadline = time.monotonic() + self.settings.kafka.session_timeout_ms / 1000
         missing = [t for t in topics if not consumer.partitions_for_topic(t)]
