@@ -60,13 +60,7 @@ class StreamDetectors:
             logits = results.outputs["event"]
             probs = 1.0 / (1.0 + np.exp(-logits.reshape(logits.shape[0], -1)[:, 0]))
         offsets = results.offsets.tolist()
-        extras, get_extra = [], store.get_extra
-        for stream in results.streams:  # each stream's detector state, changed in place below
-            extra = get_extra(stream)
-            if extra is None:
-                extra = {}
-                store.set_extra(stream, extra)
-            extras.append(extra)
+        extras = list(map(store.extra_for, results.streams))  # each stream's detector state, changed in place
         if self.anomalies is not None:  # all streams at once (see detectors/batched.py)
             states = [extra.get("anomaly") or self.anomalies.init_state() for extra in extras]
             per_stream = score_streams(self.anomalies, states, results.streams, results.offsets, results.ts, x,

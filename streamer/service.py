@@ -574,13 +574,10 @@ class Service:
                 return json.dumps(json_safe(rows[j]))
         topic, n_parts, out, kinds = k.forecast_topic, self._forecast_partitions, p.records, p.kinds
         if not by_input:  # one record per stream and batch: the hot path, without per-record spans
-            get_extra, keys, append = store.get_extra, self._forecast_keys, out.append
+            extra_for, keys, append = store.extra_for, self._forecast_keys, out.append
             published = 0
             for stream, a, b in zip(results.streams, offsets[:-1], offsets[1:], strict=True):
-                extra = get_extra(stream)
-                if extra is None:
-                    extra = {}
-                    store.set_extra(stream, extra)
+                extra = extra_for(stream)
                 seen = extra.get("n", 0)  # readings of the stream before this batch
                 first = a + (every - seen % every) - 1  # its first reading on the cadence
                 if first < b:
@@ -595,7 +592,7 @@ class Service:
             return
         for i, stream in enumerate(results.streams):
             a, b = offsets[i], offsets[i + 1]
-            extra = store.get_extra(stream) or {}
+            extra = store.extra_for(stream)
             seen = int(extra.get("n", 0))
             # (first row, end row, as a list?) of each input record, in the batch arrays: one forecast record each
             spans, start = [], a
@@ -622,7 +619,6 @@ class Service:
                 kinds["forecast"] += 1
             extra["n"] = seen + b - a
             extra["ts"] = ts_all[b - 1]
-            store.set_extra(stream, extra)
 
     def _forecast_key(self, stream: str, n_parts: int) -> tuple[bytes, int, str]:
         """A stream's forecast record key, partition and JSON head; remembered (murmur2 and json.dumps cost

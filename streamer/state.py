@@ -256,6 +256,15 @@ class StateStore:
         """Opaque detector state of a resident stream (None when unset)."""
         return self._extra.get(stream)
 
+    def extra_for(self, stream: str) -> dict[str, Any]:
+        """The detector state of a resident stream to change in place; an empty one is stored on first use."""
+        found = self._extra.get(stream)
+        if found is None:
+            if stream not in self._index:
+                raise StateError(f"stream {stream!r} is not resident")
+            found = self._extra[stream] = {}
+        return found
+
     def set_extra(self, stream: str, extra: dict[str, Any] | None) -> None:
         """Set the detector state of a resident stream; it must be JSON-able, it goes into snapshots."""
         if stream not in self._index:

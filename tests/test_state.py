@@ -112,6 +112,20 @@ def test_capacity_is_a_hard_bound_with_flat_memory():
     assert [r.stream for r in res] == [c.stream for c in big] and len(engine.store) == 50
 
 
+def test_extra_for_stores_an_empty_state_once_and_refuses_strangers():
+    store = _store()
+    _fill(store, ["a"])
+    extra = store.extra_for("a")
+    assert extra == {} and store.get_extra("a") is extra
+    extra["n"] = 3
+    assert store.extra_for("a") is extra
+    other = _store()
+    other.restore(store.snapshot_one("a"))
+    assert other.get_extra("a") == {"n": 3}  # changed in place, it is in the snapshot
+    with pytest.raises(StateError, match="not resident"):
+        store.extra_for("nope")
+
+
 def test_snapshot_round_trip_with_extras():
     """snapshot/restore carry tensors and detector extras; restore overwrites resident streams."""
     store = _store()
