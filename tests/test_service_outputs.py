@@ -189,7 +189,7 @@ def _fake_records(bodies: list[dict]) -> list:
 
 
 def test_forecast_cadence_mirrors_input_records_however_polls_fall():
-    """forecast_records="input": the very same records, whichever way the polls fall."""
+    """forecast_records="input": the same records, whichever way the polls fall."""
     bodies = [{"stream": "m", "ts": [1, 2, 3, 4, 5], "values": [[0.1], [0.2], [0.3], [0.4], [0.5]]},
               {"stream": "m", "ts": 6, "values": [0.6]},
               {"stream": "m", "ts": [7, 8], "values": [[0.7], [0.8]]},
@@ -206,8 +206,14 @@ def test_forecast_cadence_mirrors_input_records_however_polls_fall():
         return [r.value for r in service._pending.records]
 
     one_poll = published([bodies])
-    assert published([[b] for b in bodies]) == one_poll  # record by record: the very same bytes
     got = [json.loads(v) for v in one_poll]
+    # Record by record: the very same records, forecasts equal up to float32 rounding (torch's CPU GEMM
+    # kernels, from 2.15 on, round a row differently depending on how many rows are in the call).
+    apart = [json.loads(v) for v in published([[b] for b in bodies])]
+    assert [{k: v for k, v in g.items() if k != "forecast"} for g in apart] == [
+        {k: v for k, v in g.items() if k != "forecast"} for g in got]
+    for a, g in zip(apart, got, strict=True):
+        np.testing.assert_allclose(a["forecast"], g["forecast"], rtol=1e-5, atol=1e-7)
     assert [(g["ts"], g["n"]) for g in got] == [([3], [3]), (6, 6), (9, 9), ([12, 15], [12, 15])]
     assert [len(g["forecast"]) for g in got if isinstance(g["ts"], list)] == [1, 2]
 
