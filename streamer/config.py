@@ -106,6 +106,10 @@ class EngineSettings(BaseModel):
     threads: int | None = Field(
         default=None, gt=0, description="torch CPU threads; default half the cores (at least 1): the Kafka "
         "clients' threads and the broker need the rest, and spinning OpenMP threads on a busy core are slow")
+    switch_interval_ms: float = Field(
+        default=1.0, gt=0, le=100, description="Python's thread switch interval while serving "
+        "(sys.setswitchinterval): the loop holds the interpreter for long stretches, and kafka-python's network "
+        "thread and the commit worker need it for every broker round trip; at Python's 5 ms each waits up to that")
     state_dir: str | None = Field(
         default=None, description="folder of the on-disk cold state store (default: the temp folder)")
     max_future_s: float = Field(

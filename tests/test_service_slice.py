@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import uuid
 
@@ -30,8 +31,9 @@ def _settings(bootstrap, src, out, dead, **engine):
 
 def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_topic):
     src, out, dead = new_topic("readings", partitions=2), new_topic("outputs"), new_topic("dead")
-    settings = _settings(kafka_bootstrap, src, out, dead)
+    settings = _settings(kafka_bootstrap, src, out, dead, switch_interval_ms=2.5)
     service = Service(settings)
+    switch_interval = sys.getswitchinterval()
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
 
@@ -49,6 +51,7 @@ def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_
     send(slice(0, 5))
     first = collect(kafka_bootstrap, [out], 15)[out]
     assert len(first) == 15
+    assert sys.getswitchinterval() == 0.0025  # the setting, while serving
     # Second round: a chunk record for one stream, single readings for the others, and one bad record.
     producer.send(src, key=b"sensor-0", value=json.dumps(
         {"stream": "sensor-0", "ts": [5000, 6000, 7000], "values": streams["sensor-0"][5:8].tolist()}).encode())
@@ -67,6 +70,7 @@ def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_
     service.stop()
     thread.join(timeout=30)
     assert not thread.is_alive()
+    assert sys.getswitchinterval() == switch_interval  # given back when the service stops
     outputs, dead_letters = per_reading(got[out]), got[dead]
     # The chunk record of three readings yields one forecast record with a list per field.
     assert len(got[out]) == 34 and len(outputs) == 36 and service.stats.commits >= 2

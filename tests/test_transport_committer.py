@@ -62,6 +62,40 @@ def test_pipelined_commits_publish_in_order_and_commit_the_last_offsets(kafka_bo
     assert [m.value for m in _read_all(kafka_bootstrap, dst, 20)] == [f"out-{i}".encode() for i in range(20)]
 
 
+def test_offsets_join_the_transaction_before_the_records_without_blocking(kafka_bootstrap, new_topic):
+    """The offsets' round trips start before the records are appended; the result is waited on before commit."""
+    src, dst = new_topic("src"), new_topic("dst")
+    consumer, records = _consumer_with_records(kafka_bootstrap, src, 4)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex[:8]}")
+    committer = Committer(consumer, producer, exactly_once=True)
+    producer.begin_transaction()
+    added = committer._send_offsets(_offset(src, 4), consumer.group_metadata())
+    assert added is not None  # the installed kafka-python has what the non-blocking path needs
+    committer._appender.append(_outputs(dst, records))
+    assert added.wait(timeout_ms=10_000) is True
+    producer.commit_transaction()
+    assert consumer.committed(TopicPartition(src, 0)) == 4
+    producer.close()
+    consumer.close()
+    assert [m.value for m in _read_all(kafka_bootstrap, dst, 4)] == [f"out-{i}".encode() for i in range(4)]
+
+
+def test_offsets_fall_back_to_the_blocking_call_without_kafka_pythons_internals():
+    class Blocking:  # a producer without the transaction manager the non-blocking path reaches into
+        config = {"max_request_size": 1 << 20}
+
+        def __init__(self) -> None:
+            self.sent: list = []
+
+        def send_offsets_to_transaction(self, offsets, metadata) -> None:
+            self.sent.append((offsets, metadata))
+
+    producer = Blocking()
+    committer = Committer(None, producer, exactly_once=False)
+    assert committer._send_offsets(_offset("src", 3), "group") is None
+    assert producer.sent == [(_offset("src", 3), "group")]
+
+
 def test_a_failed_background_commit_is_raised_by_wait_and_leaves_nothing_committed(kafka_bootstrap, new_topic):
     src, dst = new_topic("src"), new_topic("dst")
     consumer, records = _consumer_with_records(kafka_bootstrap, src, 5)
