@@ -84,7 +84,10 @@ def make_producer(kafka: KafkaSettings, transactional_id: str | None) -> KafkaPr
         acks="all",
         enable_idempotence=True,
         # Every send is followed by a flush or a transaction commit (Committer), so nothing waits on the linger:
-        # the sender thread stays idle while the loop appends, instead of fighting it for the batch locks.
+        # the sender thread stays idle while the loop appends, instead of fighting it for the batch locks. With
+        # transactions that holds until the first commit only: kafka-python's sender begins a flush when a
+        # transaction ends and never ends it (3.0.12, Sender._maybe_send_pending_request), so from then on
+        # a batch goes out whenever the sender runs, which the 1 ms switch interval of the loop makes often.
         linger_ms=1000,
         batch_size=1024 * 1024,
         max_request_size=max(kafka.max_record_bytes, 1_048_576) * 2,
