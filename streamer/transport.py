@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -22,6 +22,10 @@ from kafka.structs import OffsetAndMetadata
 
 from streamer import record_reader
 from streamer.config import KafkaSettings
+
+if TYPE_CHECKING:  # kafka-python internals, named in annotations only: the code runs where they differ
+    from kafka.producer.transaction_manager import TransactionalRequestResult
+    from kafka.structs import ConsumerGroupMetadata
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +397,8 @@ class Committer:
                 self._abort_quietly()
             self._error = exc
 
-    def _send_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], metadata):
+    def _send_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata],
+                      metadata: ConsumerGroupMetadata | str) -> TransactionalRequestResult | None:
         """Add `offsets` to the open transaction without waiting; the result to wait on (None: already done).
 
         KafkaProducer.send_offsets_to_transaction enqueues two requests (AddOffsetsToTxn, then TxnOffsetCommit)
