@@ -7,7 +7,9 @@ readings, in one run:
   (b) e2e_eos_per_s       `streamer serve` (child process) with exactly-once, over the pre-produced topic;
   (c) e2e_per_s           the same at-least-once;
   (d) p50/p99_latency_ms  reading sent (its ts) to forecast received read_committed, at half of (b).
-Throughputs count readings (not records) between the first and the last record seen.
+Throughputs count readings (not records) between the first and the last record seen. Each repetition runs (b)
+and (c) in alternating order and also counts the CPU seconds the daemon (and the local broker) spent per reading
+in the same window: on a shared machine the CPU cost of exactly-once is steadier than its rate.
 
 Usage: python -m benchmarks.e2e [--quick] [--json] [--bootstrap HOST:PORT] [--streams S] [--readings N]
 Without --bootstrap it starts the local broker (deploy/local-kafka/kafka.sh) on free ports and stops it.
@@ -52,6 +54,21 @@ LATENCY_DROP = 0.10  # the first 10% of latency samples are warm-up
 
 def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc); None where it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_between(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else end - start
 
 
 # -- the broker ---------------------------------------------------------------------------------------
@@ -155,7 +172,7 @@ class Serve:
     """A `python -m streamer.cli serve` child with its own group, transactional id and topics; JSON logs read."""
 
     def __init__(self, bootstrap: str, src: str, out: str, dead: str, exactly_once: bool,
-                 settings: dict[str, str]) -> None:
+                 settings: dict[str, str], broker_pid: int | None = None) -> None:
         run = uuid.uuid4().hex[:8]
         self.group = f"e2e-{run}"
         env = dict(os.environ,
@@ -175,6 +192,8 @@ class Serve:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.entries: list[dict] = []
         self.first_seen: dict[str, float] = {}  # log message -> when this process read it
+        self.broker_pid = broker_pid
+        self.cpu_at: dict[str, tuple[float | None, float | None]] = {}  # log message -> cpu() when first read
         self.text: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -188,7 +207,13 @@ class Serve:
                 except ValueError:
                     continue
                 self.entries.append(entry)
-                self.first_seen.setdefault(entry.get("msg"), time.perf_counter())
+                if entry.get("msg") not in self.first_seen:
+                    self.cpu_at[entry.get("msg")] = self.cpu()
+                    self.first_seen[entry.get("msg")] = time.perf_counter()
+
+    def cpu(self) -> tuple[float | None, float | None]:
+        """CPU seconds so far of the daemon and of the broker (when its pid is known)."""
+        return cpu_seconds(self.proc.pid), cpu_seconds(self.broker_pid)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -239,15 +264,19 @@ def expected_forecasts(per_stream: np.ndarray, every: int) -> int:
 
 
 def e2e_run(bootstrap: str, src: str, n_readings: int, want: int, exactly_once: bool, settings: dict[str, str],
-            partitions: int, timeout: float) -> dict[str, Any]:
-    """Serve the pre-produced `src` from the beginning; time the forecasts as they appear, read_committed."""
+            partitions: int, timeout: float, broker_pid: int | None = None) -> dict[str, Any]:
+    """Serve the pre-produced `src` from the beginning; time the forecasts as they appear, read_committed.
+
+    Also the CPU the daemon and the broker spent per reading in each window (None where /proc is not there).
+    """
     run = uuid.uuid4().hex[:8]
     out, dead = f"e2e-out-{run}", f"e2e-dead-{run}"
     create_topics(bootstrap, [out, dead], 1)
     watch = watcher(bootstrap, out)
-    serve = Serve(bootstrap, src, out, dead, exactly_once, settings)
+    serve = Serve(bootstrap, src, out, dead, exactly_once, settings, broker_pid)
     seen = first_batch = arrivals = 0
     first = last = None
+    cpu_first = cpu_last = (None, None)
     loads = json.loads
     deadline = time.monotonic() + timeout
     try:
@@ -260,8 +289,9 @@ def e2e_run(bootstrap: str, src: str, n_readings: int, want: int, exactly_once: 
             for recs in batch.values():
                 for r in recs:  # a forecast record of several readings ("ts": [...]) counts each of them
                     got += len(loads(r.value)["ts"]) if b'"ts":[' in r.value else 1
+            cpu_last = serve.cpu()
             if first is None:
-                first, first_batch = now, got
+                first, first_batch, cpu_first = now, got, cpu_last
             seen += got
             arrivals += 1
             last = now
@@ -276,8 +306,17 @@ def e2e_run(bootstrap: str, src: str, n_readings: int, want: int, exactly_once: 
     ready_rate = n_readings / max(last - ready, 1e-9)
     # First to last committed forecast; the readings of the first arrival were processed before the window.
     steady = arrivals >= 3 and first_batch < 0.25 * seen
-    window_rate = (seen - first_batch) * per_forecast / max(last - first, 1e-9) if steady else None
-    return {"per_s": window_rate if steady else ready_rate, "window": "first_to_last" if steady else "ready_to_last",
+    window_readings = (seen - first_batch) * per_forecast
+    window_rate = window_readings / max(last - first, 1e-9) if steady else None
+    cpu_ready = serve.cpu_at.get("restored state", (None, None))
+    cpu: dict[str, float | None] = {}
+    for who, k in (("daemon", 0), ("broker", 1)):
+        spent = cpu_between(cpu_first[k], cpu_last[k]) if steady else None
+        cpu[f"first_to_last_{who}_cpu_us"] = None if spent is None else spent / window_readings * 1e6
+        spent = cpu_between(cpu_ready[k], cpu_last[k])
+        cpu[f"ready_to_last_{who}_cpu_us"] = None if spent is None else spent / n_readings * 1e6
+    return {**cpu, "per_s": window_rate if steady else ready_rate,
+            "window": "first_to_last" if steady else "ready_to_last",
             "first_to_last_per_s": window_rate, "ready_to_last_per_s": ready_rate,
             "incl_startup_per_s": n_readings / (last - serve.started),
             "startup_s": first - serve.started, "ready_s": ready - serve.started, "seconds": last - first,
@@ -407,25 +446,40 @@ def latency_run(bootstrap: str, n_streams: int, rate: float, seconds: float, chu
 
 # -- one input shape ----------------------------------------------------------------------------------
 def measure_shape(args, bootstrap: str, src: str, produced: dict[str, Any], chunk: int,
-                  settings: dict[str, str]) -> dict[str, Any]:
+                  settings: dict[str, str], broker_pid: int | None = None) -> dict[str, Any]:
     n = produced["readings"]
     want = expected_forecasts(produced["per_stream"], args.forecast_every)
     timeout = args.timeout
     bare, eos, alo = [], [], []
+    label = f"chunk{chunk}" if chunk > 1 else "single"
     for rep in range(args.repeat):
-        label = f"chunk{chunk}" if chunk > 1 else "single"
         log(f"{label} rep {rep + 1}/{args.repeat}: bare consumer")
         bare.append(bare_consume(bootstrap, src, n, args.max_batch_readings, timeout))
-        log(f"{label}: bare {bare[-1]['per_s']:,.0f}/s; streamer serve exactly-once")
-        eos.append(e2e_run(bootstrap, src, n, want, True, settings, args.partitions, timeout))
-        log(f"{label}: eos {eos[-1]['per_s']:,.0f}/s; streamer serve at-least-once")
-        alo.append(e2e_run(bootstrap, src, n, want, False, settings, args.partitions, timeout))
-        log(f"{label}: alo {alo[-1]['per_s']:,.0f}/s")
+        log(f"{label}: bare {bare[-1]['per_s']:,.0f}/s")
+        # Alternating order: whichever mode runs second inherits a warmer broker (and any drift of the machine).
+        for exactly_once in (True, False) if rep % 2 == 0 else (False, True):
+            mode = "exactly-once" if exactly_once else "at-least-once"
+            log(f"{label}: streamer serve {mode}")
+            runs = eos if exactly_once else alo
+            runs.append(e2e_run(bootstrap, src, n, want, exactly_once, settings, args.partitions, timeout, broker_pid))
+            log(f"{label}: {mode} {runs[-1]['per_s']:,.0f}/s, daemon CPU "
+                f"{runs[-1]['ready_to_last_daemon_cpu_us'] or float('nan'):.1f} us/reading")
     med = statistics.median
     # One window for every run of the shape, so that exactly-once and at-least-once compare like with like.
     window = "first_to_last" if all(x["window"] == "first_to_last" for x in eos + alo) else "ready_to_last"
     bare_r = med(x["per_s"] for x in bare)
     eos_r, alo_r = (med(x[f"{window}_per_s"] for x in runs) for runs in (eos, alo))
+    paired = med(e[f"{window}_per_s"] / a[f"{window}_per_s"] for e, a in zip(eos, alo, strict=True))
+
+    def cpu_us(runs: list[dict[str, Any]], who: str) -> float | None:
+        values = [x[f"{window}_{who}_cpu_us"] for x in runs]
+        return None if None in values else med(values)
+
+    cpu = {f"{mode}_{who}_cpu_us_per_reading": cpu_us(runs, who)
+           for mode, runs in (("alo", alo), ("eos", eos)) for who in ("daemon", "broker")}
+    both = [cpu[f"{mode}_daemon_cpu_us_per_reading"] + (cpu[f"{mode}_broker_cpu_us_per_reading"] or 0.0)
+            if cpu[f"{mode}_daemon_cpu_us_per_reading"] is not None else None for mode in ("alo", "eos")]
+    cpu["eos_cpu_overhead"] = None if None in both else both[1] / both[0] - 1
     rate = args.latency_rate or eos_r / 2
     if args.no_latency:
         lat = {"p50_latency_ms": None, "p99_latency_ms": None, "rate_per_s": None}
@@ -450,6 +504,8 @@ def measure_shape(args, bootstrap: str, src: str, produced: dict[str, Any], chun
         "e2e_over_bare": alo_r / bare_r,
         "eos_over_bare": eos_r / bare_r,
         "eos_slowdown": 1 - eos_r / alo_r,
+        "eos_slowdown_paired": 1 - paired,
+        **cpu,
         "readings": n,
         "records": produced["records"],
         "produce_per_s": n / produced["produce_s"],
@@ -462,7 +518,9 @@ def measure_shape(args, bootstrap: str, src: str, produced: dict[str, Any], chun
         "runs": {"bare": [x["per_s"] for x in bare], "e2e": [x[f"{window}_per_s"] for x in alo],
                  "e2e_eos": [x[f"{window}_per_s"] for x in eos], "window": [x["window"] for x in alo + eos],
                  "e2e_ready_to_last": [x["ready_to_last_per_s"] for x in alo],
-                 "e2e_eos_ready_to_last": [x["ready_to_last_per_s"] for x in eos]},
+                 "e2e_eos_ready_to_last": [x["ready_to_last_per_s"] for x in eos],
+                 "e2e_daemon_cpu_us": [x[f"{window}_daemon_cpu_us"] for x in alo],
+                 "e2e_eos_daemon_cpu_us": [x[f"{window}_daemon_cpu_us"] for x in eos]},
         "daemon_eos": eos[-1]["daemon"],
         "daemon_alo": alo[-1]["daemon"],
         "latency": lat,
@@ -489,6 +547,12 @@ def table(result: dict[str, Any]) -> str:
             ("  incl. start-up (eos)", "e2e_eos_incl_startup_per_s", "{:>12,.0f}/s"),
             ("e2e / bare (target >= 0.70)", "e2e_over_bare", "{:>14.2f}"),
             ("eos slowdown (target <= 0.15)", "eos_slowdown", "{:>14.2f}"),
+            ("  median of paired runs", "eos_slowdown_paired", "{:>14.2f}"),
+            ("daemon CPU us/reading (alo)", "alo_daemon_cpu_us_per_reading", "{:>14.1f}"),
+            ("daemon CPU us/reading (eos)", "eos_daemon_cpu_us_per_reading", "{:>14.1f}"),
+            ("broker CPU us/reading (alo)", "alo_broker_cpu_us_per_reading", "{:>14.1f}"),
+            ("broker CPU us/reading (eos)", "eos_broker_cpu_us_per_reading", "{:>14.1f}"),
+            ("eos CPU overhead (daemon+broker)", "eos_cpu_overhead", "{:>14.2f}"),
             ("latency p50 ms", "p50_latency_ms", "{:>14.0f}"),
             ("latency p99 ms (target <= 500)", "p99_latency_ms", "{:>14.0f}")]
     shapes = [(name, r) for name, r in (("single", result), ("chunks32", result.get("chunks32")))
@@ -511,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     ap.add_argument("--bootstrap", help="HOST:PORT of an existing broker (default: start the local one)")
     ap.add_argument("--streams", type=int, default=1000, help="S, distinct stream ids (default 1000)")
-    ap.add_argument("--readings", type=int, default=None, help="N, readings per input shape (200k; 50k --quick)")
+    ap.add_argument("--readings", type=int, default=None, help="N, readings per input shape (600k; 50k --quick)")
     ap.add_argument("--partitions", type=int, default=1, help="partitions of the input topics (default 1)")
     ap.add_argument("--hidden", type=int, default=32, help="STREAMER_MODEL__HIDDEN")
     ap.add_argument("--family", default="gru", choices=["rnn", "lstm", "gru"], help="STREAMER_MODEL__FAMILY")
@@ -527,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs (d)")
     ap.add_argument("--timeout", type=float, default=300.0, help="give up on one measurement after this long")
     args = ap.parse_args(argv)
-    args.readings = args.readings or (50_000 if args.quick else 200_000)
+    args.readings = args.readings or (50_000 if args.quick else 600_000)
     args.latency_seconds = args.latency_seconds or (10.0 if args.quick else 30.0)
     settings = {"STREAMER_MODEL__FAMILY": args.family, "STREAMER_MODEL__HIDDEN": str(args.hidden),
                 "STREAMER_OUTPUT__FORECAST_EVERY": str(args.forecast_every),
@@ -553,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
             inputs[name] = (topic, produce_input(bootstrap, topic, args.readings, args.streams, chunk))
             log(f"produced {inputs[name][1]['records']:,} records ({inputs[name][1]['readings']:,} readings) into "
                 f"{topic} at {inputs[name][1]['readings'] / inputs[name][1]['produce_s']:,.0f} readings/s")
-        results = {name: measure_shape(args, bootstrap, topic, produced, shapes[name], settings)
+        broker_pid = broker.pid() if broker is not None else None
+        results = {name: measure_shape(args, bootstrap, topic, produced, shapes[name], settings, broker_pid)
                    for name, (topic, produced) in inputs.items()}
     finally:
         if broker is not None:

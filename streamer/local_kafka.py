@@ -69,6 +69,15 @@ class LocalKafka:
         """Start the stopped broker again on its kept data."""
         self._checked("start")
 
+    def pid(self) -> int | None:
+        """The running broker's process id (None when it is not running): for benchmarks that count its CPU."""
+        try:
+            pid = int((self.data_dir / "broker.pid").read_text().strip())
+            os.kill(pid, 0)  # the file outlives the broker after stop
+        except (OSError, ValueError):
+            return None
+        return pid
+
     def down(self) -> None:
         """Stop the broker and delete its data."""
         self.run("down")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
-from benchmarks.e2e import readings_in
+from benchmarks.e2e import cpu_seconds, readings_in
 
 
 @pytest.mark.parametrize("msg", [
@@ -18,3 +20,16 @@ from benchmarks.e2e import readings_in
 def test_readings_in_counts_the_ts_entries_without_decoding(msg):
     value = json.dumps(msg, separators=(",", ":")).encode()
     assert readings_in(value) == (len(msg["ts"]) if isinstance(msg["ts"], list) else 1)
+
+
+def test_cpu_seconds_counts_this_process_and_gives_none_where_it_cannot_read():
+    before = cpu_seconds(os.getpid())
+    if before is None:
+        pytest.skip("no /proc here")
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn 0.3 s of CPU
+        pass
+    after = cpu_seconds(os.getpid())
+    assert after is not None and after - before >= 0.2
+    assert cpu_seconds(None) is None
+    assert cpu_seconds(2**22 + 12345) is None  # above Linux's largest pid: no such process

@@ -217,9 +217,12 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(own_broker):
     try:
         first = collect(bootstrap, [names["out"]], half, timeout=120, proc=proc)[names["out"]]
         assert len(first) == half, "".join(tail.text)[-3000:]
+        first_pid = own_broker.pid()
         own_broker.stop()
+        assert first_pid is not None and own_broker.pid() is None
         time.sleep(5)  # the daemon sees the outage: failed fetches, maybe a failed commit
         own_broker.start()  # the same broker on its kept data
+        assert own_broker.pid() not in (None, first_pid)
         _send(bootstrap, names["src"], valid[half:])
         got = collect(bootstrap, [names["out"]], len(valid), timeout=180, proc=proc)[names["out"]]
         assert proc.poll() is None, "".join(tail.text)[-3000:]
