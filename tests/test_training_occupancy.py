@@ -90,19 +90,24 @@ def test_merge_refuses_mixed_architectures_and_embeddings() -> None:
         merge([c, c])
 
 
+def _small_config(tmp_path: Path, train: dict) -> dict:
+    """A pipeline config on the first 800 rows of datatraining.txt (Light, CO2), one thread: seconds to train."""
+    torch.set_num_threads(1)
+    lines = (DATA / "datatraining.txt").read_text().splitlines()
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines[:801]) + "\n")
+    return {"data": {"path": str(path), "time_column": "date", "numeric": ["Light", "CO2"], "label": "Occupancy"},
+            "split": {"val_fraction": 0.2, "test_fraction": 0.2},
+            "model": {"family": "gru", "hidden": 4},
+            "train": train}
+
+
 def test_pipeline_trains_an_ensemble_and_serves_it_as_one_model(tmp_path: Path) -> None:
     from streamer.model_source import load_checkpoint
     from training.checkpoints import read_meta
     from training.pipeline import run
 
-    torch.set_num_threads(1)
-    lines = (DATA / "datatraining.txt").read_text().splitlines()
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(lines[:801]) + "\n")
-    cfg = {"data": {"path": str(train), "time_column": "date", "numeric": ["Light", "CO2"], "label": "Occupancy"},
-           "split": {"val_fraction": 0.2, "test_fraction": 0.2},
-           "model": {"family": "gru", "hidden": 4},
-           "train": {"epochs": 1, "batch": 4, "tbptt": 16, "ensemble": 3, "seed": 7, "pos_weight": 1.0}}
+    cfg = _small_config(tmp_path, {"epochs": 1, "batch": 4, "tbptt": 16, "ensemble": 3, "seed": 7, "pos_weight": 1.0})
     m = run(cfg, tmp_path / "out", progress=False)
     assert m["ensemble"]["members"] == 3 and m["ensemble"]["seeds"] == [7, 8, 9]
     served = load_checkpoint(tmp_path / "out" / "checkpoint")
@@ -111,3 +116,28 @@ def test_pipeline_trains_an_ensemble_and_serves_it_as_one_model(tmp_path: Path) 
     assert len(meta["training"]["member_histories"]) == 3 and 0.0 < meta["thresholds"]["event"] < 1.0
     with pytest.raises(ConfigError):
         run({**cfg, "train": {**cfg["train"], "ensemble": 0}}, tmp_path / "bad", progress=False)
+
+
+def test_refit_replays_the_chosen_epochs_on_train_and_validation(tmp_path: Path) -> None:
+    from training.checkpoints import read_meta
+    from training.fit import TrainConfig
+    from training.pipeline import run
+
+    cfg = _small_config(tmp_path, {"epochs": 3, "patience": 3, "batch": 4, "tbptt": 16, "seed": 7, "pos_weight": 1.0,
+                                   "refit": True})
+    m = run(cfg, tmp_path / "out", progress=False)
+    meta = read_meta(tmp_path / "out" / "checkpoint")
+    first, (refit,) = meta["training"]["history"], meta["training"]["refit_histories"]
+    n = first["best_epoch"] + 1
+    # exactly the chosen epochs at the first fit's learning rates, over train + validation rows as one stream
+    assert m["refit"]["epochs"] == [n] and refit["lr"] == first["lr"][:n] and refit["best_epoch"] == n - 1
+    assert m["refit"]["rows"] == [meta["training"]["splits"]["train"][0], meta["training"]["splits"]["val"][1]]
+    assert meta["thresholds"]["event"] == m["refit"]["threshold"] == m["threshold"]
+    assert 0.3 <= m["threshold"] <= 0.7  # the first fit's calibrated threshold
+    fixed = run({**cfg, "train": {**cfg["train"], "refit_threshold": 0.5}}, tmp_path / "fixed", progress=False)
+    assert fixed["threshold"] == 0.5
+    with pytest.raises(ConfigError):
+        TrainConfig(task="event", refit=True, refit_threshold="calibrate")
+    with pytest.raises(ConfigError):  # a refit is for event models
+        run({**cfg, "data": {**cfg["data"], "label": None}}, tmp_path / "bad", progress=False)
+

@@ -51,6 +51,8 @@ class TrainConfig:
     seed: int = 0
     ensemble: int = 1  # >1: fit this many models (seeds seed, seed+1, ...) and serve their merged mean (pipeline)
     max_minutes: float | None = None
+    refit: bool = False  # pipeline: after early stopping, refit on train + validation rows for the best epoch count
+    refit_threshold: float | str = "first"  # event threshold after a refit: "first" (the first fit's calibrated) or p
     val_context: int | None = None  # validation pass starts this many rows before the scored rows (None: row 0)
     device: str = "cpu"
     progress: bool = True
@@ -66,6 +68,10 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule {self.lr_schedule!r} must be plateau, cosine or none")
         if not 0.0 <= self.recurrent_dropout < 1.0:
             raise ConfigError(f"recurrent_dropout must be in [0, 1), got {self.recurrent_dropout}")
+        if self.refit_threshold != "first" and not (isinstance(self.refit_threshold, (int, float))
+                                                    and 0.0 < float(self.refit_threshold) < 1.0):
+            raise ConfigError(f"refit_threshold must be 'first' or a probability in (0, 1), got "
+                              f"{self.refit_threshold!r}")
         for name in ("epochs", "batch", "tbptt", "window", "score_last", "ensemble"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train {name} must be >= 1")
@@ -297,15 +303,21 @@ def auto_pos_weight(cfg: TrainConfig, streams: list[Stream]) -> float | None:
 
 
 def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[Stream],
-        delay: DelayLine | None = None) -> History:
-    """Train in place with early stopping on the validation loss; the best epoch's weights are restored."""
+        delay: DelayLine | None = None, lr_plan: list[float] | None = None) -> History:
+    """Train in place with early stopping on the validation loss; the best epoch's weights are restored.
+
+    lr_plan: a refit: exactly len(lr_plan) epochs at these learning rates (no schedule, no early stopping, the
+    last epoch's weights kept); `val` is then only reported (it may be empty).
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     trainer = Trainer(model, cfg, delay)
     trainer.pos_weight = auto_pos_weight(cfg, train)
     horizon = model.config.horizon
     targets = Targets(cfg.task, train, horizon, trainer.device, cfg.transition_weight, cfg.transition_window)
-    if cfg.lr_schedule == "plateau":
+    if lr_plan is not None:
+        sched = None
+    elif cfg.lr_schedule == "plateau":
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(trainer.opt, factor=cfg.lr_factor, patience=1)
     elif cfg.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(trainer.opt, T_max=cfg.epochs)
@@ -314,7 +326,10 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
     hist = History()
     best, best_state, bad = math.inf, None, 0
     t0 = time.monotonic()
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.epochs if lr_plan is None else len(lr_plan)):
+        if lr_plan is not None:
+            for group in trainer.opt.param_groups:
+                group["lr"] = float(lr_plan[epoch])
         model.train()
         if cfg.mode == "stateful":
             batches = schedule(make_lanes(train, cfg.batch, cfg.washout, rng), cfg.batch, cfg.tbptt, rng)
@@ -332,6 +347,14 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
         bar.close()
         train_loss = float(np.mean(losses)) if losses else float("nan")
         val_loss = validation_loss(model, cfg, val, horizon, trainer.pos_weight) if val else train_loss
+        if lr_plan is not None:  # a refit: every epoch runs, the last one is kept
+            hist.train_loss.append(train_loss)
+            hist.val_loss.append(val_loss)
+            hist.lr.append(trainer.opt.param_groups[0]["lr"])
+            hist.best_epoch = epoch
+            if cfg.progress:
+                tqdm.write(f"refit epoch {epoch + 1}/{len(lr_plan)}: train {train_loss:.4f}  lr {hist.lr[-1]:.2e}")
+            continue
         hist.train_loss.append(train_loss)
         hist.val_loss.append(val_loss)
         hist.lr.append(trainer.opt.param_groups[0]["lr"])
@@ -353,7 +376,9 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
         if cfg.max_minutes and time.monotonic() - t0 > 60 * cfg.max_minutes:
             hist.stopped = f"time budget of {cfg.max_minutes} min"
             break
-    if best_state is not None:
+    if lr_plan is not None:
+        hist.stopped = f"refit: {len(lr_plan)} epochs"
+    elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     hist.seconds = time.monotonic() - t0

@@ -151,7 +151,9 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         raise ConfigError("model.context (a delay line) is for forecasting")
     if context and tc.ensemble > 1:
         raise ConfigError("train.ensemble > 1 does not combine with model.context (a delay line)")
-    members, histories = [], []
+    if tc.refit and (context or task != "event"):
+        raise ConfigError("train.refit is for event models without model.context")
+    members, histories, first_members, refit_histories = [], [], [], []
     for i in range(tc.ensemble):
         mc = replace(tc, seed=tc.seed + i)
         torch.manual_seed(mc.seed)
@@ -162,16 +164,38 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
             delay.parametrize_head()
         histories.append(fit(model, mc, train, val, delay))
         export(model)
+        if tc.refit:
+            # early stopping on the validation tail chose the epoch count (and its learning rates); the same
+            # seed now trains a fresh model on all of train + validation for exactly those epochs
+            first_members.append(model.cpu().eval())
+            torch.manual_seed(mc.seed)
+            model = build_model(model_cfg)
+            h = histories[-1]
+            refit_histories.append(fit(model, mc, _train_and_val(train[0], val[0]), [],
+                                       lr_plan=h.lr[: h.best_epoch + 1]))
+            export(model)
         members.append(model.cpu().eval())
     # one member: itself; several: one model that is their mean, step for step (training.ensemble)
     model = members[0] if len(members) == 1 else merge(members)
     hist = histories[0]
+    threshold = None
+    if tc.refit:
+        # validation rows are in the refit's training data: the threshold is the first fit's (or fixed)
+        if tc.refit_threshold == "first":
+            first = first_members[0] if len(first_members) == 1 else merge(first_members)
+            threshold = _calibrated_threshold(first, val[0])
+        else:
+            threshold = float(tc.refit_threshold)
 
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"task": task, "train_seconds": sum(h.seconds for h in histories),
+    metrics: dict[str, Any] = {"task": task, "train_seconds": sum(h.seconds for h in histories + refit_histories),
                                "best_epoch": hist.best_epoch + 1, "epochs_run": len(hist.train_loss),
                                "stopped": hist.stopped}
+    if tc.refit:
+        metrics["refit"] = {"epochs": [len(h.train_loss) for h in refit_histories], "threshold": threshold,
+                            "rows": [train[0].lo, val[0].hi],
+                            "note": "val_* metrics are in-sample: the served model was refit on the validation rows"}
     if len(histories) > 1:
         metrics["ensemble"] = {"members": len(histories), "seeds": [tc.seed + i for i in range(len(histories))],
                                "best_epochs": [h.best_epoch + 1 for h in histories],
@@ -179,7 +203,7 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     if task == "forecast":
         thresholds = _forecast_report(model, series, x, val[0], test, horizon, spec, cfg, metrics, report_dir)
     else:
-        thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir)
+        thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold)
     plot_losses(report_dir, hist.to_dict())
     meta = {
         "features": spec.to_dict(),
@@ -194,6 +218,8 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         "data_fingerprint": fingerprint([sp["train"]]),
         "metrics": metrics,
     }
+    if refit_histories:
+        meta["training"]["refit_histories"] = [h.to_dict() for h in refit_histories]
     if len(histories) > 1:
         meta["training"]["member_histories"] = [h.to_dict() for h in histories]
     checkpoints.save(Path(out) / "checkpoint", model, meta)
@@ -235,11 +261,31 @@ def _forecast_report(model, series, x, val: Stream, test: Stream, horizon: int, 
     return thresholds
 
 
+def _train_and_val(train: Stream, val: Stream) -> list[Stream]:
+    """The refit's training streams: one stream over train + validation rows when they are adjacent, else both."""
+    if train.x is val.x and train.hi == val.lo:
+        return [replace(train, hi=val.hi)]
+    return [train, val]
+
+
+def _event_probabilities(model, stream: Stream) -> np.ndarray:
+    """P(event) for rows [0, stream.hi) from one causal pass from row 0."""
+    return 1.0 / (1.0 + np.exp(-predict_stream(model, stream, end=stream.hi, heads=("event",))["event"][:, 0]))
+
+
+def _calibrated_threshold(model, val: Stream) -> float:
+    """The event threshold calibrated on the validation rows (training.evaluate.calibrate_event_threshold)."""
+    vp = _event_probabilities(model, val)
+    return calibrate_event_threshold(vp[val.lo : val.hi], val.labels[val.lo : val.hi])
+
+
 def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics: dict[str, Any],
-                  report_dir: Path) -> dict[str, Any]:
+                  report_dir: Path, threshold: float | None = None) -> dict[str, Any]:
+    """Test metrics at the threshold calibrated on `val` (or the given one, e.g. after a refit)."""
     tol = int(cfg.get("report", {}).get("tolerance", 2))
-    vp = 1.0 / (1.0 + np.exp(-predict_stream(model, val, end=val.hi, heads=("event",))["event"][:, 0]))
-    thr = calibrate_event_threshold(vp[val.lo : val.hi], val.labels[val.lo : val.hi])
+    vp = _event_probabilities(model, val)
+    thr = calibrate_event_threshold(vp[val.lo : val.hi], val.labels[val.lo : val.hi]) if threshold is None \
+        else float(threshold)
     tp = 1.0 / (1.0 + np.exp(-predict_stream(model, test, heads=("event",))["event"][:, 0]))
     lab = test.labels[test.lo : test.hi]
     prob = tp[test.lo : test.hi]

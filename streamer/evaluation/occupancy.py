@@ -2,7 +2,8 @@
 
 The model is trained offline by `training.pipeline` on the training file only (its last rows are the validation
 tail that picks the epoch and the decision threshold), or loaded from a checkpoint. The built-in configuration
-(DEFAULT_TRAINING, the same as examples/occupancy.toml) is one 16-unit GRU on the five sensors; `ensemble = k`
+(DEFAULT_TRAINING, the same as examples/occupancy.toml) is one 16-unit GRU on the five sensors, its loss weighted
+up near label changes, refit on the whole training file once the validation tail chose the epochs; `ensemble = k`
 trains seeds seed..seed+k-1 and merges them (`training.ensemble.merge`) into one k-times-wider GRU whose output is
 the members' mean logit, so the engine still serves one model. The test file is then streamed
 once, in time order, in chunks of readings through `Engine.step` exactly as the daemon feeds it (readings z-scored
@@ -46,7 +47,8 @@ DEFAULT_TRAINING: dict[str, Any] = {
     "model": {"family": "gru", "hidden": 16, "horizon": 1},
     "train": {"mode": "stateful", "epochs": 40, "batch": 16, "tbptt": 32, "washout": 0, "lr": 0.01,
               "pos_weight": 1.0, "clip_norm": 1.0, "recurrent_dropout": 0.0, "patience": 6,
-              "lr_schedule": "plateau", "seed": 0, "ensemble": 1, "max_minutes": 7},
+              "lr_schedule": "plateau", "seed": 0, "ensemble": 1, "max_minutes": 7,
+              "transition_weight": 2.0, "refit": True},
     "report": {"tolerance": TOLERANCE},
 }
 
