@@ -204,7 +204,7 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         thresholds = _forecast_report(model, series, x, val[0], test, horizon, spec, cfg, metrics, report_dir)
     else:
         thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold)
-    plot_losses(report_dir, hist.to_dict())
+    plot_losses(report_dir, hist.to_dict(), refit_histories[0].to_dict() if refit_histories else None)
     meta = {
         "features": spec.to_dict(),
         "normalization": norm.to_dict(),

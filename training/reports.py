@@ -28,8 +28,8 @@ def _plt():
     return plt
 
 
-def plot_losses(report_dir: Path, history: dict[str, Any]) -> Path:
-    """loss_curves.png: training and validation loss per epoch, best epoch marked."""
+def plot_losses(report_dir: Path, history: dict[str, Any], refit: dict[str, Any] | None = None) -> Path:
+    """loss_curves.png: training and validation loss per epoch, best epoch marked; a refit's training loss too."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     ep = np.arange(1, len(history["train_loss"]) + 1)
@@ -37,6 +37,9 @@ def plot_losses(report_dir: Path, history: dict[str, Any]) -> Path:
     ax.plot(ep, history["val_loss"], "s-", label="validation")
     if history.get("best_epoch", -1) >= 0:
         ax.axvline(history["best_epoch"] + 1, color="grey", ls="--", label="best (restored)")
+    if refit is not None:
+        ax.plot(np.arange(1, len(refit["train_loss"]) + 1), refit["train_loss"], "^:",
+                label="refit on train + validation")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
