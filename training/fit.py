@@ -326,7 +326,8 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
     hist = History()
     best, best_state, bad = math.inf, None, 0
     t0 = time.monotonic()
-    for epoch in range(cfg.epochs if lr_plan is None else len(lr_plan)):
+    n_epochs = cfg.epochs if lr_plan is None else len(lr_plan)
+    for epoch in range(n_epochs):
         if lr_plan is not None:
             for group in trainer.opt.param_groups:
                 group["lr"] = float(lr_plan[epoch])
@@ -337,7 +338,7 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
             batches = window_batches(train, cfg.window, cfg.score_last, cfg.batch, cfg.washout, rng)
         trainer.state = None
         losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress,
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs}", leave=False, disable=not cfg.progress,
                    unit="batch", dynamic_ncols=True)
         for batch in bar:
             loss = trainer.step(batch, targets)
@@ -347,17 +348,14 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
         bar.close()
         train_loss = float(np.mean(losses)) if losses else float("nan")
         val_loss = validation_loss(model, cfg, val, horizon, trainer.pos_weight) if val else train_loss
-        if lr_plan is not None:  # a refit: every epoch runs, the last one is kept
-            hist.train_loss.append(train_loss)
-            hist.val_loss.append(val_loss)
-            hist.lr.append(trainer.opt.param_groups[0]["lr"])
-            hist.best_epoch = epoch
-            if cfg.progress:
-                tqdm.write(f"refit epoch {epoch + 1}/{len(lr_plan)}: train {train_loss:.4f}  lr {hist.lr[-1]:.2e}")
-            continue
         hist.train_loss.append(train_loss)
         hist.val_loss.append(val_loss)
         hist.lr.append(trainer.opt.param_groups[0]["lr"])
+        if lr_plan is not None:  # a refit: every epoch runs, the last one is kept
+            hist.best_epoch = epoch
+            if cfg.progress:
+                tqdm.write(f"refit epoch {epoch + 1}/{n_epochs}: train {train_loss:.4f}  lr {hist.lr[-1]:.2e}")
+            continue
         if cfg.progress:
             tqdm.write(f"epoch {epoch + 1}: train {train_loss:.4f}  val {val_loss:.4f}  "
                        f"lr {hist.lr[-1]:.2e}  {time.monotonic() - t0:.0f}s")
@@ -377,7 +375,7 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
             hist.stopped = f"time budget of {cfg.max_minutes} min"
             break
     if lr_plan is not None:
-        hist.stopped = f"refit: {len(lr_plan)} epochs"
+        hist.stopped = f"refit: {n_epochs} epochs"
     elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
