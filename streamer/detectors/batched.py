@@ -14,7 +14,6 @@ no Telemanom threshold); any other configuration goes through `AnomalyPipeline.s
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -51,22 +50,25 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
     x = np.asarray(x_norm, dtype=np.float64).reshape(-1, C)
     f = np.asarray(forecast, dtype=np.float64).reshape(-1, C)
     er, lk = pipeline.error, pipeline.lik
-    # gather
-    prev = np.array([[np.nan if v is None else v for v in st["error"]["pred"]] if st["error"]["pred"] is not None
-                     else [np.nan] * C for st in states], dtype=np.float64).reshape(S, C)
-    e_mean = np.array([st["error"]["mean"] for st in states], dtype=np.float64).reshape(S, C)
-    e_var = np.array([st["error"]["var"] for st in states], dtype=np.float64).reshape(S, C)
-    e_n = np.array([st["error"]["n"] for st in states], dtype=np.int64).reshape(S, C)
+    # gather: one flat row of floats per stream (AnomalyPipeline.flatten), columns sliced out of one array
+    W = pipeline.flat_width()
+    flat = []
+    for st in states:
+        row = st["v"] if "v" in st else pipeline.flatten(st)
+        if len(row) != W:  # written for another number of channels (by an earlier model): start afresh
+            st.clear()
+            st.update(pipeline.init_state())
+            row = pipeline.flatten(st)
+        flat.append(row)
+    rows = np.array(flat, dtype=np.float64).reshape(S, W)
+    prev = rows[:, :C]
+    e_mean, e_var = rows[:, C:2 * C].copy(), rows[:, 2 * C:3 * C].copy()
+    e_n = rows[:, 3 * C:4 * C].astype(np.int64)
+    l_mean, l_var = rows[:, 4 * C].copy(), rows[:, 4 * C + 1].copy()
+    l_n, r_len = rows[:, 4 * C + 2].astype(np.int64), rows[:, 4 * C + 3].astype(np.int64)
     short = lk.short
-    recent = np.zeros((S, short))
-    r_len = np.zeros(S, dtype=np.int64)
-    for i, st in enumerate(states):
-        r = st["lik"]["recent"][-short:]
-        recent[i, : len(r)] = r
-        r_len[i] = len(r)
-    l_mean = np.array([st["lik"]["mean"] for st in states], dtype=np.float64)
-    l_var = np.array([st["lik"]["var"] for st in states], dtype=np.float64)
-    l_n = np.array([st["lik"]["n"] for st in states], dtype=np.int64)
+    recent = rows[:, 4 * C + 4:].copy()
+    recent[np.arange(short)[None, :] >= r_len[:, None]] = 0.0  # past each window: zeros, as a fresh array
 
     # the forecast for row r was made at row r - 1 (at a stream's first row: the carried one)
     pred = np.empty_like(f)
@@ -128,19 +130,16 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
     if tail_rows:
         final[np.concatenate(tail_rows)] = log_tail_scores(np.concatenate(tail_z))
 
-    # scatter
-    # (whole arrays to lists once: a tolist per stream and field cost more than the arithmetic above)
+    # scatter: the new rows of the streams that had readings (a stream's state is one list: cheap to store,
+    # to copy and to encode in its snapshot); a forecast that is not finite is no forecast (NaN)
     last = f[np.maximum(off[1:] - 1, 0)]
-    for st, n_rows, pred, em, ev, en, rec, k, lm, lv, ln in zip(
-            states, lengths.tolist(), last.tolist(), e_mean.tolist(), e_var.tolist(), e_n.tolist(),
-            recent.tolist(), r_len.tolist(), l_mean.tolist(), l_var.tolist(), l_n.tolist(), strict=True):
-        if n_rows == 0:
-            continue
-        es, ls = st["error"], st["lik"]
-        es["pred"] = [v if math.isfinite(v) else None for v in pred]
-        es["mean"], es["var"], es["n"] = em, ev, en
-        ls["recent"] = rec[:k]
-        ls["mean"], ls["var"], ls["n"] = lm, lv, ln
+    new = np.concatenate([np.where(np.isfinite(last), last, np.nan), e_mean, e_var, e_n, l_mean[:, None],
+                          l_var[:, None], l_n[:, None], r_len[:, None], recent], axis=1)
+    for st, n_rows, row in zip(states, lengths.tolist(), new.tolist(), strict=True):
+        if n_rows:
+            st["v"] = row
+            if "error" in st:  # a nested state (a new stream's, or one written by the per-stream path)
+                del st["error"], st["lik"]
 
     # alerts: only where something can happen
     alerts: list[list[dict[str, Any]]] = [[] for _ in range(S)]

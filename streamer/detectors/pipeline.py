@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -94,6 +95,40 @@ class AnomalyPipeline(Detector):
             state["dt"] = self.dt.init_state()
         return state
 
+    # -- the flat form the daemon keeps (see detectors/batched.py) --------------------------------------
+    def flat_width(self) -> int:
+        """Length of the flat row: pred, error mean, var and count per channel; the likelihood's mean, var,
+        count and window length; its window padded to `short`."""
+        return 4 * self.n_channels + 4 + self.lik.short
+
+    def flatten(self, state: dict[str, Any]) -> list[float]:
+        """The error and likelihood parts of a state as one row of floats (NaN for a missing forecast)."""
+        if "v" in state:
+            return state["v"]
+        es, ls, short = state["error"], state["lik"], self.lik.short
+        if len(es["mean"]) != self.n_channels:  # written for another number of channels: no usable row
+            return []
+        pred = es["pred"] if es["pred"] is not None else [None] * self.n_channels
+        recent = [float(v) for v in ls["recent"][-short:]]
+        return [*(math.nan if v is None else float(v) for v in pred), *map(float, es["mean"]),
+                *map(float, es["var"]), *map(float, es["n"]), float(ls["mean"]), float(ls["var"]), float(ls["n"]),
+                float(len(recent)), *recent, *[0.0] * (short - len(recent))]
+
+    def expand(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Turn a flat state back into the nested parts `score` steps (in place; returned for convenience)."""
+        row = state.pop("v", None)
+        if row is not None and len(row) != self.flat_width():  # another number of channels: start afresh
+            state.clear()
+            state.update(self.init_state())
+        elif row is not None:
+            c = self.n_channels
+            k = int(row[4 * c + 3])
+            state["error"] = {"pred": [v if math.isfinite(v) else None for v in row[:c]], "mean": row[c:2 * c],
+                              "var": row[2 * c:3 * c], "n": [int(v) for v in row[3 * c:4 * c]]}
+            state["lik"] = {"recent": row[4 * c + 4:4 * c + 4 + k], "mean": row[4 * c], "var": row[4 * c + 1],
+                            "n": int(row[4 * c + 2])}
+        return state
+
     def prepare(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Model input: readings normalised with the stream's stats so far, float32 [T, C]."""
         return self.norm.step(state.setdefault("norm", self.norm.init_state(self.n_channels)), ts, values)
@@ -101,6 +136,7 @@ class AnomalyPipeline(Detector):
     def score(self, state: dict[str, Any], ts: np.ndarray, x_norm: np.ndarray, forecast: np.ndarray,
               stream: str = "") -> dict[str, Any]:
         """Scores for normalised readings [T, C] and the model's next-step forecasts [T, C] of the same rows."""
+        self.expand(state)
         alt = None
         if self.season is not None:
             alt = self.season.step(state.setdefault("season", self.season.init_state()), ts, x_norm)
