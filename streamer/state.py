@@ -322,6 +322,9 @@ class StateStore:
             b = self.tensors[n].index_select(1, idx).transpose(0, 1).cpu().contiguous()
             raw = np.frombuffer(_le_bytes(b), dtype=np.uint8)
             rows.append(raw.reshape(len(stream_ids), -1))
+        # every stream's tensor bytes in one buffer (names side by side), sliced per stream below
+        blob = np.concatenate(rows, axis=1).tobytes() if rows else b""
+        width = len(blob) // len(stream_ids)
         const = _json(self._layout_header())[:-1] + b',"streams":'  # without its closing brace
         dumps, extra_of, pack = _json, self._extra.get, _PREFIX.pack
         out, heads = [], self._heads
@@ -331,8 +334,9 @@ class StateStore:
                 if len(heads) >= self._capacity:
                     heads.clear()
                 start = heads[s] = b"".join([const, dumps([s]), b',"extras":'])
-            head = b"".join([start, dumps([extra_of(s)]), b"}"])
-            out.append(b"".join([pack(MAGIC, VERSION, len(head)), head, *(r[i].tobytes() for r in rows)]))
+            extra = dumps([extra_of(s)])
+            out.append(b"".join([pack(MAGIC, VERSION, len(start) + len(extra) + 1), start, extra, b"}",
+                                 blob[i * width:(i + 1) * width]]))
         return out
 
     def _decode(self, data: bytes) -> tuple[list[str], list[Any], dict[str, Tensor]]:
