@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=32, help="STREAMER_MODEL__HIDDEN")
     ap.add_argument("--family", default="gru", choices=["rnn", "lstm", "gru"], help="STREAMER_MODEL__FAMILY")
     ap.add_argument("--forecast-every", type=int, default=1, help="STREAMER_OUTPUT__FORECAST_EVERY")
-    ap.add_argument("--commit-interval-ms", type=int, default=100, help="STREAMER_KAFKA__COMMIT_INTERVAL_MS")
+    ap.add_argument("--commit-interval-ms", type=int, default=50, help="STREAMER_KAFKA__COMMIT_INTERVAL_MS")
     ap.add_argument("--max-batch-readings", type=int, default=20_000, help="STREAMER_ENGINE__MAX_BATCH_READINGS")
     ap.add_argument("--repeat", type=int, default=1, help="repeat (a)-(d) this often; medians reported")
     ap.add_argument("--latency-seconds", type=float, default=None, help="paced run length (30 s; 10 s --quick)")

@@ -48,7 +48,8 @@ class KafkaSettings(BaseModel):
         default=4_194_304, ge=65_536, description="most bytes one fetch returns per partition; 4 MiB holds a "
         "full batch of 20k small readings, so the engine steps whole batches (Kafka's default, 1 MiB, does not)")
     commit_interval_ms: int = Field(
-        default=100, ge=0, description="outputs, state and offsets are committed together this often")
+        default=50, ge=0, description="outputs, state and offsets are committed together this often (after "
+        "the batch in which the interval ends)")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="how clients talk to the brokers")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
