@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from benchmarks.e2e import stream_ids
 from streamer.config import load_settings
 from streamer.models import ModelConfig, build_model
 from streamer.service import Service
@@ -57,11 +58,12 @@ def batches(streams: int, per_batch: int, n: int) -> list[list[SimpleNamespace]]
     """`n` polls' worth of records (what the consumer returns: key, value, origin, timestamp), streams in turn."""
     t0 = int(time.time() * 1000) - 10_000_000
     values = [f"{v:.5f}" for v in np.random.default_rng(0).standard_normal(4096).tolist()]
+    ids = stream_ids(streams)  # the end-to-end benchmark's stream names
     out, i = [], 0
     for _ in range(n):
         recs = []
         for _ in range(per_batch):
-            stream = f"s-{i % streams:06d}"
+            stream = ids[i % streams]
             recs.append(SimpleNamespace(
                 value=f'{{"stream":"{stream}","ts":{t0 + i},"values":[{values[i % 4096]}]}}'.encode(),
                 key=stream.encode(), topic="readings", partition=0, offset=i, timestamp=t0 + i))

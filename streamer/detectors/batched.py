@@ -52,15 +52,7 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
     er, lk = pipeline.error, pipeline.lik
     # gather: one flat row of floats per stream (AnomalyPipeline.flatten), columns sliced out of one array
     W = pipeline.flat_width()
-    flat = []
-    for st in states:
-        row = st["v"] if "v" in st else pipeline.flatten(st)
-        if len(row) != W:  # written for another number of channels (by an earlier model): start afresh
-            st.clear()
-            st.update(pipeline.init_state())
-            row = pipeline.flatten(st)
-        flat.append(row)
-    rows = np.array(flat, dtype=np.float64).reshape(S, W)
+    rows = np.array([pipeline.flatten(st) for st in states], dtype=np.float64).reshape(S, W)
     prev = rows[:, :C]
     e_mean, e_var = rows[:, C:2 * C].copy(), rows[:, 2 * C:3 * C].copy()
     e_n = rows[:, 3 * C:4 * C].astype(np.int64)

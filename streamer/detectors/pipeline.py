@@ -102,25 +102,31 @@ class AnomalyPipeline(Detector):
         return 4 * self.n_channels + 4 + self.lik.short
 
     def flatten(self, state: dict[str, Any]) -> list[float]:
-        """The error and likelihood parts of a state as one row of floats (NaN for a missing forecast)."""
-        if "v" in state:
-            return state["v"]
-        es, ls, short = state["error"], state["lik"], self.lik.short
-        if len(es["mean"]) != self.n_channels:  # written for another number of channels: no usable row
-            return []
-        pred = es["pred"] if es["pred"] is not None else [None] * self.n_channels
-        recent = [float(v) for v in ls["recent"][-short:]]
-        return [*(math.nan if v is None else float(v) for v in pred), *map(float, es["mean"]),
-                *map(float, es["var"]), *map(float, es["n"]), float(ls["mean"]), float(ls["var"]), float(ls["n"]),
-                float(len(recent)), *recent, *[0.0] * (short - len(recent))]
+        """The error and likelihood parts of a state as one row of floats (NaN for a missing forecast).
+
+        A state written for another number of channels (by an earlier model) cannot be read: it is reset in
+        place to a fresh one, whose row is returned.
+        """
+        row = state.get("v")
+        if row is None and len(state["error"]["mean"]) == self.n_channels:
+            es, ls, short = state["error"], state["lik"], self.lik.short
+            pred = es["pred"] if es["pred"] is not None else [None] * self.n_channels
+            recent = [float(v) for v in ls["recent"][-short:]]
+            row = [*(math.nan if v is None else float(v) for v in pred), *map(float, es["mean"]),
+                   *map(float, es["var"]), *map(float, es["n"]), float(ls["mean"]), float(ls["var"]),
+                   float(ls["n"]), float(len(recent)), *recent, *[0.0] * (short - len(recent))]
+        if row is None or len(row) != self.flat_width():
+            state.clear()
+            state.update(self.init_state())
+            return self.flatten(state)
+        return row
 
     def expand(self, state: dict[str, Any]) -> dict[str, Any]:
         """Turn a flat state back into the nested parts `score` steps (in place; returned for convenience)."""
-        row = state.pop("v", None)
-        if row is not None and len(row) != self.flat_width():  # another number of channels: start afresh
-            state.clear()
-            state.update(self.init_state())
-        elif row is not None:
+        if "v" not in state:
+            return state
+        row = self.flatten(state)  # a row that does not fit resets the state to a fresh nested one
+        if state.pop("v", None) is not None:
             c = self.n_channels
             k = int(row[4 * c + 3])
             state["error"] = {"pred": [v if math.isfinite(v) else None for v in row[:c]], "mean": row[c:2 * c],
