@@ -53,6 +53,11 @@ def cmd_eval_occupancy(args: argparse.Namespace) -> int:
           f"({s['errors']} wrong minutes), onset recall {s['onset_recall']:.3f}, offset recall "
           f"{s['offset_recall']:.3f} (+-{args.tolerance} min), mean delay {s['mean_delay_min']} min, "
           f"{s['false_events_per_day']:.2f} false events/day")
+    b = s.get("baseline_lda")
+    if b:
+        print(f"memoryless LDA baseline (same training rows): accuracy {b['accuracy']:.4f} ({b['baseline_errors']} "
+              f"wrong minutes); {b['shared_errors']} wrong minutes shared, {b['model_only_errors']} the model's "
+              f"alone, {b['baseline_only_errors']} the baseline's alone")
     if args.out:
         print(f"summary: {args.out}/summary.json  plot: {args.out}/occupancy.png")
     if args.json:

@@ -98,6 +98,12 @@ def test_eval_occupancy_json_files_and_plot(evaluated: dict, capsys: pytest.Capt
     for k in KEYS:
         assert k in summary
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["rows"] == 600
+    # the checkpoint's memoryless baseline on the same minutes, and which wrong minutes the two share
+    b = summary["baseline_lda"]
+    assert b["model_errors"] == summary["errors"] == round((1 - summary["accuracy"]) * 600)
+    assert b["baseline_errors"] == round((1 - b["accuracy"]) * 600)
+    assert b["shared_errors"] + b["model_only_errors"] == b["model_errors"]
+    assert b["shared_errors"] + b["baseline_only_errors"] == b["baseline_errors"]
     out = evaluated["out"]
     for name in ("summary.json", "rows.csv", "events.json", "occupancy.png", "train/checkpoint/meta.json"):
         assert (out / name).is_file(), name

@@ -16,7 +16,14 @@ import torch
 from streamer.errors import ConfigError
 from streamer.models import ModelConfig, build_model
 from training import checkpoints
-from training.baselines import beat_ratio, event_baseline, forecast_baselines, repeat_last
+from training.baselines import (
+    LinearDiscriminant,
+    beat_ratio,
+    error_overlap,
+    event_baseline,
+    forecast_baselines,
+    repeat_last,
+)
 from training.data import FeatureSpec, Normalizer, Series, fingerprint, load_csv, load_npy, split_fractions, split_rows
 from training.delay import DelayLine, export
 from training.ensemble import merge
@@ -202,8 +209,14 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
                                "epochs_run": [len(h.train_loss) for h in histories]}
     if task == "forecast":
         thresholds = _forecast_report(model, series, x, val[0], test, horizon, spec, cfg, metrics, report_dir)
+        baselines = None
     else:
-        thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold)
+        # the memoryless baseline learns from the rows the served model learned from (with a refit: validation too)
+        rows = _train_and_val(train[0], val[0]) if tc.refit else train
+        lda = LinearDiscriminant.fit(np.concatenate([s.x[s.lo : s.hi] for s in rows]),
+                                     np.concatenate([s.labels[s.lo : s.hi] for s in rows]))
+        baselines = {"lda": lda.to_dict()} if lda is not None else None
+        thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold, lda)
     plot_losses(report_dir, hist.to_dict(), refit_histories[0].to_dict() if refit_histories else None)
     meta = {
         "features": spec.to_dict(),
@@ -213,6 +226,7 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
                     "note": "the last `length` readings live in the first units of the recurrent state; "
                             "the engine serves the model unchanged"} if context else None,
         "thresholds": thresholds,
+        "baselines": baselines,
         "training": {"config": asdict(tc), "history": hist.to_dict(), "source_config": str(config_path),
                      "splits": {k: [v.lo, v.hi] for k, v in sp.items()}},
         "data_fingerprint": fingerprint([sp["train"]]),
@@ -280,8 +294,9 @@ def _calibrated_threshold(model, val: Stream) -> float:
 
 
 def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics: dict[str, Any],
-                  report_dir: Path, threshold: float | None = None) -> dict[str, Any]:
-    """Test metrics at the threshold calibrated on `val` (or the given one, e.g. after a refit)."""
+                  report_dir: Path, threshold: float | None = None,
+                  lda: LinearDiscriminant | None = None) -> dict[str, Any]:
+    """Test metrics at the threshold calibrated on `val` (or the given one, e.g. after a refit), beside baselines."""
     tol = int(cfg.get("report", {}).get("tolerance", 2))
     vp = _event_probabilities(model, val)
     thr = calibrate_event_threshold(vp[val.lo : val.hi], val.labels[val.lo : val.hi]) if threshold is None \
@@ -295,6 +310,15 @@ def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics
                    tolerance_steps=tol, test_accuracy_at_0_5=event_metrics(prob, lab, 0.5, tol)["accuracy"])
     metrics["majority_accuracy"] = float(max((lab >= 0.5).mean(), (lab < 0.5).mean()))
     metrics["repeat_label_accuracy"] = event_baseline(lab, 1)
+    metrics["test_errors"] = int(((prob >= thr) != (lab >= 0.5)).sum())
+    if lda is not None:
+        lp = 0.5 * (1.0 + np.tanh(0.5 * lda.logit(test.x[test.lo : test.hi])))  # a sigmoid that cannot overflow
+        lm = event_metrics(lp, lab, 0.5, tol)
+        metrics.update(lda_accuracy=lm["accuracy"], lda_onset_recall=lm["onset_recall"],
+                       lda_offset_recall=lm["offset_recall"],
+                       beats_lda_by=beat_ratio(1.0 - lm["accuracy"], 1.0 - m["accuracy"]))
+        overlap = error_overlap(lab, (prob >= thr).astype(np.int8), (lp >= 0.5).astype(np.int8))
+        metrics.update(lda_errors=overlap["baseline_errors"], shared_errors_with_lda=overlap["shared_errors"])
     metrics["val_accuracy"] = event_metrics(vp[val.lo : val.hi], val.labels[val.lo : val.hi], thr, tol)["accuracy"]
     plot_events(report_dir, prob, lab, thr)
     plot_errors(report_dir, vp[val.lo : val.hi], {"threshold": thr}, "validation P(event)")

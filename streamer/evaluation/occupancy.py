@@ -241,6 +241,22 @@ def write_rows(path: Path, stamps: np.ndarray, labels: np.ndarray, res: dict[str
             w.writerow([t, f"{p:.6f}", a, int(lab)])
 
 
+def lda_baseline(meta: dict[str, Any], served: Any, values: np.ndarray, labels: np.ndarray, active: np.ndarray,
+                 tol: int) -> dict[str, Any] | None:
+    """The checkpoint's memoryless LDA baseline on the same readings: its scores and the wrong minutes it shares."""
+    from training.baselines import LinearDiscriminant, error_overlap
+
+    d = (meta.get("baselines") or {}).get("lda")
+    if not d:
+        return None
+    lda = LinearDiscriminant.from_dict(d)
+    pred = (lda.logit((values - served.mean) / served.std) >= 0.0).astype(np.int8)
+    on, off = boundaries(pred)
+    sc = event_scores(labels, pred, on, off, tol=tol)
+    return {"method": "lda", "accuracy": sc["accuracy"], "onset_recall": sc["onset_recall"],
+            "offset_recall": sc["offset_recall"], **error_overlap(labels, active, pred)}
+
+
 # ------------------------------------------------------------------------------------------------------------ run
 
 
@@ -318,6 +334,7 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
                           res["offset_emitted"], tol=settings.tolerance)
     scores["tolerance"] = settings.tolerance
     thr_acc = float(((res["prob"] >= res["on"]).astype(np.int8) == labels).mean())
+    baseline = lda_baseline(meta, served, s.values, labels, res["active"], settings.tolerance)
     summary: dict[str, Any] = {
         "accuracy": scores["accuracy"],
         "onset_recall": scores["onset_recall"],
@@ -325,6 +342,7 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
         "mean_delay_min": scores["mean_delay_min"],
         "false_events_per_day": scores["false_events_per_day"],
         "accuracy_at_threshold": thr_acc,
+        "baseline_lda": baseline,
         "errors": int((res["active"] != labels).sum()),
         "rows": int(len(labels)),
         "details": {k: v for k, v in scores.items() if k not in ("accuracy",)},
