@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from streamer.config import Settings
+from streamer.errors import ConfigError
 from streamer.models import ModelConfig, RecurrentModel, build_model
 
 
@@ -85,8 +86,25 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                        channels, signature)
 
 
+def check_servable(served: ServedModel) -> ServedModel:
+    """Refuse a checkpoint whose inputs readings cannot carry: ConfigError naming `model.checkpoint`.
+
+    Training computes some inputs itself (categorical codes through embeddings, and the '@' inputs derived from
+    timestamps, training.data.DERIVED_NUMERIC); the daemon steps the readings' values only, so such a model
+    would fail on its first batch. `streamer eval occupancy` computes the derived inputs and can still use them.
+    """
+    from training.data import DERIVED_NUMERIC
+
+    derived = [c for c in served.channels or () if c in DERIVED_NUMERIC]
+    if served.model.config.categorical or derived:
+        what = f"inputs derived from timestamps {derived}" if derived else "categorical inputs (embeddings)"
+        raise ConfigError(f"model.checkpoint: {served.name} takes {what}, which readings do not carry and "
+                          f"`streamer serve` does not compute; retrain on the readings' channels only")
+    return served
+
+
 def served_model(settings: Settings, device: str | torch.device) -> ServedModel:
-    """The checkpoint when one is configured, else the seeded model."""
+    """The checkpoint when one is configured (refused if the daemon cannot feed it), else the seeded model."""
     if settings.model.checkpoint:
-        return load_checkpoint(settings.model.checkpoint, device)
+        return check_servable(load_checkpoint(settings.model.checkpoint, device))
     return seeded_model(settings)

@@ -32,7 +32,14 @@ from streamer.engine import Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError, InvalidRecord
 from streamer.heap import BatchCollector
 from streamer.metrics import HealthServer, Metrics
-from streamer.model_source import ServedModel, checkpoint_signature, load_checkpoint, served_model, wrap_model
+from streamer.model_source import (
+    ServedModel,
+    check_servable,
+    checkpoint_signature,
+    load_checkpoint,
+    served_model,
+    wrap_model,
+)
 from streamer.models import RecurrentModel
 from streamer.schema import dead_letter, encode, json_safe, parse
 from streamer.transport import (
@@ -155,8 +162,8 @@ class Service:
         if not path or checkpoint_signature(path) in (None, self.served.signature):
             return
         try:
-            new = load_checkpoint(path, self.device)
-        except (CheckpointError, OSError) as exc:  # e.g. caught mid-write: try again next interval
+            new = check_servable(load_checkpoint(path, self.device))
+        except (CheckpointError, ConfigError, OSError) as exc:  # e.g. caught mid-write: try again next interval
             log.warning("new checkpoint not loaded: %s", exc)
             return
         self._commit(wait=True)  # the outputs so far belong to the old model
