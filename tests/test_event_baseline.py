@@ -98,6 +98,11 @@ def test_event_report_and_checkpoint_carry_the_baseline(tmp_path: Path) -> None:
     assert m["lda_errors"] == int(wrong.sum()) and m["lda_accuracy"] == pytest.approx(1 - wrong.mean())
     assert m["test_errors"] == round((1 - m["test_accuracy"]) * (e1 - e0))
     assert 0 <= m["shared_errors_with_lda"] <= min(m["test_errors"], m["lda_errors"])
+    # out of sample on the validation rows for both: the LDA of the training rows alone, the first (unrefit) fit
+    train_only = LinearDiscriminant.fit(x[t0:t1], s.labels[t0:t1])
+    right = (train_only.logit(x[v0:v1]) >= 0) == (s.labels[v0:v1] >= 0.5)
+    assert m["lda_val_accuracy"] == pytest.approx(right.mean())
+    assert 0.0 <= m["val_accuracy_first_fit"] <= 1.0
     if m["test_errors"]:
         assert m["beats_lda_by"] == pytest.approx(m["lda_errors"] / m["test_errors"])
 

@@ -12,7 +12,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     metrics = run(args.config, args.out, device=args.device, epochs=args.epochs, progress=not args.quiet)
     keys = [k for k in ("test_mse", "test_mae", "repeat_mse", "repeat_mae", "seasonal_mse", "test_accuracy",
-                        "lda_accuracy", "onset_recall", "offset_recall", "total_seconds") if k in metrics]
+                        "lda_accuracy", "onset_recall", "offset_recall", "val_accuracy", "val_accuracy_first_fit",
+                        "lda_val_accuracy", "total_seconds") if k in metrics]
     print(json.dumps({k: metrics[k] for k in keys}, indent=2))
     print(f"checkpoint: {args.out}/checkpoint  report: {args.out}/report")
     return 0

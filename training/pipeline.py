@@ -185,14 +185,13 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     # one member: itself; several: one model that is their mean, step for step (training.ensemble)
     model = members[0] if len(members) == 1 else merge(members)
     hist = histories[0]
-    threshold = None
+    threshold, first_val_accuracy = None, None
     if tc.refit:
         # validation rows are in the refit's training data: the threshold is the first fit's (or fixed)
-        if tc.refit_threshold == "first":
-            first = first_members[0] if len(first_members) == 1 else merge(first_members)
-            threshold = _calibrated_threshold(first, val[0])
-        else:
-            threshold = float(tc.refit_threshold)
+        first = first_members[0] if len(first_members) == 1 else merge(first_members)
+        threshold = _calibrated_threshold(first, val[0]) if tc.refit_threshold == "first" \
+            else float(tc.refit_threshold)
+        first_val_accuracy = _accuracy(_event_probabilities(first, val[0]), val[0], threshold)
 
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +216,14 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
                                      np.concatenate([s.labels[s.lo : s.hi] for s in rows]))
         baselines = {"lda": lda.to_dict()} if lda is not None else None
         thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold, lda)
+        # out of sample on the validation rows for both: the first fit, and an LDA fitted on the training rows only
+        v = val[0]
+        lda_train = LinearDiscriminant.fit(np.concatenate([s.x[s.lo : s.hi] for s in train]),
+                                           np.concatenate([s.labels[s.lo : s.hi] for s in train])) if tc.refit else lda
+        if lda_train is not None:
+            metrics["lda_val_accuracy"] = _accuracy(lda_train.logit(v.x), v, 0.0)
+        if first_val_accuracy is not None:
+            metrics["val_accuracy_first_fit"] = first_val_accuracy
     plot_losses(report_dir, hist.to_dict(), refit_histories[0].to_dict() if refit_histories else None)
     meta = {
         "features": spec.to_dict(),
@@ -285,6 +292,11 @@ def _train_and_val(train: Stream, val: Stream) -> list[Stream]:
 def _event_probabilities(model, stream: Stream) -> np.ndarray:
     """P(event) for rows [0, stream.hi) from one causal pass from row 0."""
     return 1.0 / (1.0 + np.exp(-predict_stream(model, stream, end=stream.hi, heads=("event",))["event"][:, 0]))
+
+
+def _accuracy(scores: np.ndarray, rows: Stream, threshold: float) -> float:
+    """Share of the stream's scored rows where (score >= threshold) is the label (scores cover rows from 0)."""
+    return float(((scores[rows.lo : rows.hi] >= threshold) == (rows.labels[rows.lo : rows.hi] >= 0.5)).mean())
 
 
 def _calibrated_threshold(model, val: Stream) -> float:
