@@ -192,13 +192,15 @@ def stream_test(served: Any, ts: np.ndarray, values: np.ndarray, settings: Event
 # --------------------------------------------------------------------------------------------------------- outputs
 
 
-def plot(path: Path, ts: np.ndarray, labels: np.ndarray, res: dict[str, Any], scores: dict[str, Any]) -> Path:
-    """Probabilities, the on/off levels, detected events and the labels over the test period (PNG, Agg)."""
+def plot(path: Path, ts: np.ndarray, labels: np.ndarray, res: dict[str, Any], scores: dict[str, Any],
+         baseline: np.ndarray | None = None) -> Path:
+    """Probabilities, the on/off levels, detected events and the labels over the test period, and the wrong
+    minutes of the model and of the memoryless baseline (PNG, Agg)."""
     from streamer.evaluation.plots import _plt
 
     plt = _plt()
     minutes = (ts - ts[0]) / 60000.0 / 60.0  # hours since the first reading
-    fig, ax = plt.subplots(2, 1, figsize=(13, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, ax = plt.subplots(3, 1, figsize=(13, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1, 0.6]})
     ax[0].fill_between(minutes, 0, labels, step="post", color="tab:green", alpha=0.2, lw=0, label="occupied (label)")
     ax[0].plot(minutes, res["prob"], lw=0.7, color="tab:blue", label="P(occupied)")
     ax[0].axhline(res["on"], color="black", ls="--", lw=0.7, label=f"on {res['on']:.2f}")
@@ -221,8 +223,16 @@ def plot(path: Path, ts: np.ndarray, labels: np.ndarray, res: dict[str, Any], sc
         ax[1].plot(minutes[rows], np.full(len(rows), 1.15), marker, color="black", ms=4, ls="none")
     ax[1].set_ylim(-1.4, 1.4)
     ax[1].set_yticks([-1, 1], ["detected", "label"])
-    ax[1].set_xlabel("hours since the first test reading")
     ax[1].legend(loc="upper right", fontsize=7)
+    lab = labels >= 0.5
+    rows = [("model", res["active"])] + ([("LDA", baseline)] if baseline is not None else [])
+    for k, (_, pred) in enumerate(rows):
+        wrong = np.flatnonzero((np.asarray(pred) >= 0.5) != lab)
+        ax[2].vlines(minutes[wrong], k - 0.35, k + 0.35, color="tab:red" if k == 0 else "tab:gray", lw=0.8)
+    ax[2].set_yticks(range(len(rows)), [f"{n} ({int(((np.asarray(p) >= 0.5) != lab).sum())})" for n, p in rows])
+    ax[2].set_ylim(-0.6, len(rows) - 0.4)
+    ax[2].set_title("wrong minutes", fontsize=8, loc="left")
+    ax[2].set_xlabel("hours since the first test reading")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -241,16 +251,22 @@ def write_rows(path: Path, stamps: np.ndarray, labels: np.ndarray, res: dict[str
             w.writerow([t, f"{p:.6f}", a, int(lab)])
 
 
-def lda_baseline(meta: dict[str, Any], served: Any, values: np.ndarray, labels: np.ndarray, active: np.ndarray,
-                 tol: int) -> dict[str, Any] | None:
-    """The checkpoint's memoryless LDA baseline on the same readings: its scores and the wrong minutes it shares."""
-    from training.baselines import LinearDiscriminant, error_overlap
+def lda_predictions(meta: dict[str, Any], served: Any, values: np.ndarray) -> np.ndarray | None:
+    """The checkpoint's memoryless LDA baseline's 0/1 decisions for readings [T, F] in raw units (None: none)."""
+    from training.baselines import LinearDiscriminant
 
     d = (meta.get("baselines") or {}).get("lda")
     if not d:
         return None
-    lda = LinearDiscriminant.from_dict(d)
-    pred = (lda.logit((values - served.mean) / served.std) >= 0.0).astype(np.int8)
+    return (LinearDiscriminant.from_dict(d).logit((values - served.mean) / served.std) >= 0.0).astype(np.int8)
+
+
+def lda_baseline(pred: np.ndarray | None, labels: np.ndarray, active: np.ndarray, tol: int) -> dict[str, Any] | None:
+    """The baseline's scores on the same minutes as the model, and the wrong minutes the two share."""
+    from training.baselines import error_overlap
+
+    if pred is None:
+        return None
     on, off = boundaries(pred)
     sc = event_scores(labels, pred, on, off, tol=tol)
     return {"method": "lda", "accuracy": sc["accuracy"], "onset_recall": sc["onset_recall"],
@@ -334,7 +350,8 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
                           res["offset_emitted"], tol=settings.tolerance)
     scores["tolerance"] = settings.tolerance
     thr_acc = float(((res["prob"] >= res["on"]).astype(np.int8) == labels).mean())
-    baseline = lda_baseline(meta, served, s.values, labels, res["active"], settings.tolerance)
+    base_pred = lda_predictions(meta, served, s.values)
+    baseline = lda_baseline(base_pred, labels, res["active"], settings.tolerance)
     summary: dict[str, Any] = {
         "accuracy": scores["accuracy"],
         "onset_recall": scores["onset_recall"],
@@ -363,7 +380,7 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
         write_rows(out / "rows.csv", s.ts, labels, res)
         (out / "events.json").write_text(json.dumps(res["messages"], indent=1) + "\n")
         if plots:
-            plot(out / "occupancy.png", s.ts, labels, res, scores)
+            plot(out / "occupancy.png", s.ts, labels, res, scores, base_pred)
         summary["seconds"] = round(time.perf_counter() - started, 2)
         (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     return json_safe(summary)
