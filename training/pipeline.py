@@ -189,9 +189,11 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     if tc.refit:
         # validation rows are in the refit's training data: the threshold is the first fit's (or fixed)
         first = first_members[0] if len(first_members) == 1 else merge(first_members)
-        threshold = _calibrated_threshold(first, val[0]) if tc.refit_threshold == "first" \
-            else float(tc.refit_threshold)
-        first_val_accuracy = _accuracy(_event_probabilities(first, val[0]), val[0], threshold)
+        v = val[0]
+        fp = _event_probabilities(first, v)
+        threshold = calibrate_event_threshold(fp[v.lo : v.hi], v.labels[v.lo : v.hi]) \
+            if tc.refit_threshold == "first" else float(tc.refit_threshold)
+        first_val_accuracy = _accuracy(fp, v, threshold)
 
     report_dir = Path(out) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -211,17 +213,13 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         baselines = None
     else:
         # the memoryless baseline learns from the rows the served model learned from (with a refit: validation too)
-        rows = _train_and_val(train[0], val[0]) if tc.refit else train
-        lda = LinearDiscriminant.fit(np.concatenate([s.x[s.lo : s.hi] for s in rows]),
-                                     np.concatenate([s.labels[s.lo : s.hi] for s in rows]))
+        lda = _fit_lda(_train_and_val(train[0], val[0]) if tc.refit else train)
         baselines = {"lda": lda.to_dict()} if lda is not None else None
         thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold, lda)
         # out of sample on the validation rows for both: the first fit, and an LDA fitted on the training rows only
-        v = val[0]
-        lda_train = LinearDiscriminant.fit(np.concatenate([s.x[s.lo : s.hi] for s in train]),
-                                           np.concatenate([s.labels[s.lo : s.hi] for s in train])) if tc.refit else lda
+        lda_train = _fit_lda(train) if tc.refit else lda
         if lda_train is not None:
-            metrics["lda_val_accuracy"] = _accuracy(lda_train.logit(v.x), v, 0.0)
+            metrics["lda_val_accuracy"] = _accuracy(lda_train.logit(val[0].x), val[0], 0.0)
         if first_val_accuracy is not None:
             metrics["val_accuracy_first_fit"] = first_val_accuracy
     plot_losses(report_dir, hist.to_dict(), refit_histories[0].to_dict() if refit_histories else None)
@@ -299,10 +297,10 @@ def _accuracy(scores: np.ndarray, rows: Stream, threshold: float) -> float:
     return float(((scores[rows.lo : rows.hi] >= threshold) == (rows.labels[rows.lo : rows.hi] >= 0.5)).mean())
 
 
-def _calibrated_threshold(model, val: Stream) -> float:
-    """The event threshold calibrated on the validation rows (training.evaluate.calibrate_event_threshold)."""
-    vp = _event_probabilities(model, val)
-    return calibrate_event_threshold(vp[val.lo : val.hi], val.labels[val.lo : val.hi])
+def _fit_lda(streams: list[Stream]) -> LinearDiscriminant | None:
+    """The memoryless baseline fitted on the scored rows of the given streams."""
+    return LinearDiscriminant.fit(np.concatenate([s.x[s.lo : s.hi] for s in streams]),
+                                  np.concatenate([s.labels[s.lo : s.hi] for s in streams]))
 
 
 def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics: dict[str, Any],
