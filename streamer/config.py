@@ -128,15 +128,19 @@ class OutputSettings(BaseModel):
         "(a few records for many readings); input: one per input record, mirroring its shape")
     anomalies: bool = Field(
         default=True, description="score forecast errors per stream and publish anomaly alerts")
-    event_on: float = Field(default=0.6, ge=0, le=1, description="event head: an event starts at this probability")
-    event_off: float = Field(default=0.4, ge=0, le=1, description="event head: and ends below this one")
+    event_on: float | None = Field(
+        default=None, ge=0, le=1, description="event head: an event starts at this probability (default: the "
+        "checkpoint's calibrated threshold, else 0.6)")
+    event_off: float | None = Field(
+        default=None, ge=0, le=1, description="event head: and ends below this one (default: the checkpoint's "
+        "calibrated threshold, else 0.4)")
     event_min_run: int = Field(default=3, gt=0, description="event head: readings beyond a level to start or end")
     silent_after_s: float | None = Field(
         default=None, gt=0, description="publish a 'silent' event for a stream without readings this long")
 
     @model_validator(mode="after")
     def _hysteresis(self) -> OutputSettings:
-        if self.event_off > self.event_on:
+        if self.event_off is not None and self.event_on is not None and self.event_off > self.event_on:
             raise ValueError(f"STREAMER_OUTPUT__EVENT_OFF ({self.event_off}) must not exceed "
                              f"STREAMER_OUTPUT__EVENT_ON ({self.event_on})")
         return self

@@ -37,12 +37,15 @@ class StreamDetectors:
     def __init__(self, n_features: int, heads: tuple[str, ...], model: str, version: str, anomalies: bool = True,
                  event_on: float = 0.6, event_off: float = 0.4, event_min_run: int = 3,
                  silent_after_ms: int | None = None, channel_names: list[str] | None = None) -> None:
+        # anomalies are scored on one-step forecasts (or reconstructions): an event-only model has none to score
+        self.forecast_head = "forecast" if "forecast" in heads else "reconstruction" if "reconstruction" in heads \
+            else None
         self.anomalies = AnomalyPipeline(n_features, SERVING_PIPELINE, model=model, version=version,
-                                         channel_names=channel_names) if anomalies else None
+                                         channel_names=channel_names) \
+            if anomalies and self.forecast_head is not None else None
         self.events = (HysteresisEvents(event_on, event_off, event_min_run, event_min_run)
                        if "event" in heads else None)
         self.silence = SilenceDetector(silent_after_ms) if silent_after_ms else None
-        self.forecast_head = "forecast" if "forecast" in heads else "reconstruction"
 
     @property
     def active(self) -> bool:
@@ -52,9 +55,6 @@ class StreamDetectors:
     def step(self, results: StepResults, store: StateStore) -> Messages:
         """Messages for the readings of one engine step; updates each stream's detector state in its extras."""
         out = Messages()
-        x = results.values  # the normalised readings the model saw
-        y = results.outputs[self.forecast_head]
-        one_step = y[:, 0, :] if y.ndim == 3 else y
         probs = None
         if self.events is not None:
             logits = results.outputs["event"]
@@ -62,9 +62,11 @@ class StreamDetectors:
         offsets = results.offsets.tolist()
         extras = list(map(store.extra_for, results.streams))  # each stream's detector state, changed in place
         if self.anomalies is not None:  # all streams at once (see detectors/batched.py)
+            y = results.outputs[self.forecast_head]
+            one_step = y[:, 0, :] if y.ndim == 3 else y
             states = [extra.get("anomaly") or self.anomalies.init_state() for extra in extras]
-            per_stream = score_streams(self.anomalies, states, results.streams, results.offsets, results.ts, x,
-                                       one_step)
+            per_stream = score_streams(self.anomalies, states, results.streams, results.offsets, results.ts,
+                                       results.values, one_step)  # values: the normalised readings the model saw
             for extra, st, alerts in zip(extras, states, per_stream, strict=True):
                 extra["anomaly"] = st
                 out.alerts.extend(alerts)

@@ -30,6 +30,7 @@ class ServedModel:
     std: np.ndarray  # [F] float32, the training std of each channel (never 0)
     channels: tuple[str, ...] | None  # feature names, for readings with named channels
     signature: str | None = None  # what identifies the checkpoint on disk, to notice a new one
+    event_threshold: float | None = None  # the event probability level calibrated on validation rows in training
 
     @property
     def family(self) -> str:
@@ -37,9 +38,10 @@ class ServedModel:
         return self.model.config.family
 
     @property
-    def head(self) -> str:
-        """The head whose outputs are published as forecasts."""
-        return "forecast" if "forecast" in self.model.config.heads else "reconstruction"
+    def head(self) -> str | None:
+        """The head whose outputs are published as forecasts and scored for anomalies (None: an event-only model)."""
+        heads = self.model.config.heads
+        return "forecast" if "forecast" in heads else "reconstruction" if "reconstruction" in heads else None
 
     def same_architecture(self, other: ServedModel) -> bool:
         """Whether per-stream states of `other` are valid for this model (same family and state shapes)."""
@@ -81,9 +83,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     std = np.asarray(norm["std"], dtype=np.float32)
     channels = tuple(meta["features"].get("numeric", [])) or None
     version = str(meta.get("weights_sha256", ""))[:12] or (signature or "unknown")[:12]
+    threshold = (meta.get("thresholds") or {}).get("event")
     return ServedModel(model, str(meta.get("name") or Path(path).resolve().name), version,
                        np.asarray(norm["mean"], dtype=np.float32), np.where(std > 0, std, 1.0).astype(np.float32),
-                       channels, signature)
+                       channels, signature, float(threshold) if isinstance(threshold, (int, float)) else None)
 
 
 def check_servable(served: ServedModel) -> ServedModel:
@@ -101,6 +104,19 @@ def check_servable(served: ServedModel) -> ServedModel:
         raise ConfigError(f"model.checkpoint: {served.name} takes {what}, which readings do not carry and "
                           f"`streamer serve` does not compute; retrain on the readings' channels only")
     return served
+
+
+def event_levels(settings: Settings, served: ServedModel) -> tuple[float, float]:
+    """The event head's (on, off) probability levels: the settings', else the checkpoint's calibrated threshold
+    (the level whose per-reading decisions training scored on validation rows), else 0.6 and 0.4."""
+    o, thr = settings.output, served.event_threshold
+    on = o.event_on if o.event_on is not None else (thr if thr is not None else 0.6)
+    off = o.event_off if o.event_off is not None else (thr if thr is not None else 0.4)
+    if off > on:
+        src = f"the calibrated threshold of {served.name}"
+        raise ConfigError(f"STREAMER_OUTPUT__EVENT_OFF ({off}{'' if o.event_off is not None else ', ' + src}) must "
+                          f"not exceed STREAMER_OUTPUT__EVENT_ON ({on}{'' if o.event_on is not None else ', ' + src})")
+    return on, off
 
 
 def served_model(settings: Settings, device: str | torch.device) -> ServedModel:

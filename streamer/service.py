@@ -36,6 +36,7 @@ from streamer.model_source import (
     ServedModel,
     check_servable,
     checkpoint_signature,
+    event_levels,
     load_checkpoint,
     served_model,
     wrap_model,
@@ -150,9 +151,13 @@ class Service:
 
     def _make_detectors(self, served: ServedModel) -> StreamDetectors:
         o = self.settings.output
+        on, off = event_levels(self.settings, served)
+        if o.anomalies and served.head is None:
+            log.info("anomaly scoring off: the model has no forecast or reconstruction head", extra={
+                "model": served.name, "heads": list(served.model.config.heads)})
         return StreamDetectors(
             served.model.config.n_features, served.model.config.heads, served.name, served.version,
-            anomalies=o.anomalies, event_on=o.event_on, event_off=o.event_off, event_min_run=o.event_min_run,
+            anomalies=o.anomalies, event_on=on, event_off=off, event_min_run=o.event_min_run,
             silent_after_ms=int(o.silent_after_s * 1000) if o.silent_after_s else None,
             channel_names=list(served.channels) if served.channels else None)
 
@@ -163,6 +168,7 @@ class Service:
             return
         try:
             new = check_servable(load_checkpoint(path, self.device))
+            event_levels(self.settings, new)  # levels the settings contradict: keep serving the old model
         except (CheckpointError, ConfigError, OSError) as exc:  # e.g. caught mid-write: try again next interval
             log.warning("new checkpoint not loaded: %s", exc)
             return
@@ -551,6 +557,8 @@ class Service:
         differently), "input" publishes the same records again.
         """
         k, p, served, store = self.settings.kafka, self._pending, self.served, self.engine.store
+        if served.head is None:  # an event-only model: its events are its outputs
+            return
         every = self.settings.output.forecast_every
         by_input = self.settings.output.forecast_records == "input"
         y = results.outputs[served.head]

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from kafka import KafkaConsumer
 
@@ -97,3 +98,10 @@ class LogTail:
 def per_reading(records: list[dict]) -> list[dict]:
     """Forecast records with lists per field (batch or chunk records) expanded into one dict per reading."""
     return [one for r in records for one in (forecasts_of(r) if "forecast" in r else [r])]
+
+
+def first_rows(src: Path, dest: Path, rows: int) -> Path:
+    """A copy of a CSV file's header and its first `rows` rows (a small slice of a real dataset)."""
+    lines = src.read_text().splitlines()
+    dest.write_text("\n".join(lines[: rows + 1]) + "\n")
+    return dest

@@ -12,6 +12,7 @@ import pytest
 
 from streamer.eval_cli import register
 from streamer.evaluation import occupancy as occ
+from tests.helpers import first_rows
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "occupancy"
 KEYS = ("accuracy", "onset_recall", "offset_recall", "mean_delay_min", "false_events_per_day")
@@ -69,20 +70,14 @@ def test_event_scores_uses_emission_time_for_delay_and_ignores_row_zero() -> Non
 # ------------------------------------------------------------------------------------------------------ end to end
 
 
-def _slice(src: Path, dest: Path, rows: int) -> Path:
-    lines = src.read_text().splitlines()
-    dest.write_text("\n".join(lines[: rows + 1]) + "\n")
-    return dest
-
-
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import torch
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("occ")
-    train = _slice(DATA / "datatraining.txt", root / "train.txt", 2400)
-    test = _slice(DATA / "datatest.txt", root / "test.txt", 600)
+    train = first_rows(DATA / "datatraining.txt", root / "train.txt", 2400)
+    test = first_rows(DATA / "datatest.txt", root / "test.txt", 600)
     out = root / "out"
     parser = argparse.ArgumentParser(prog="streamer")
     register(parser.add_subparsers(dest="command", required=True))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import first_rows
 from training.baselines import LinearDiscriminant, error_overlap
 from training.data import FeatureSpec, Normalizer, load_csv
 
@@ -75,9 +76,7 @@ def test_event_report_and_checkpoint_carry_the_baseline(tmp_path: Path) -> None:
     from training.pipeline import run
 
     torch.set_num_threads(1)
-    lines = (DATA / "datatraining.txt").read_text().splitlines()
-    path = tmp_path / "train.txt"
-    path.write_text("\n".join(lines[:1201]) + "\n")
+    path = first_rows(DATA / "datatraining.txt", tmp_path / "train.txt", 1200)
     cfg = {"data": {"path": str(path), "time_column": "date", "numeric": ["Light", "CO2"], "label": "Occupancy"},
            "split": {"val_fraction": 0.2, "test_fraction": 0.2},
            "model": {"family": "gru", "hidden": 4},

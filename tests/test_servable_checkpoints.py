@@ -1,4 +1,5 @@
-"""`streamer serve` refuses, at start-up and at a hot reload, a checkpoint whose inputs readings cannot carry."""
+"""What `streamer serve` takes from a checkpoint besides weights: it refuses, at start-up and at a hot reload, one
+whose inputs readings cannot carry, and its event levels default to the checkpoint's calibrated threshold."""
 
 from __future__ import annotations
 
@@ -14,18 +15,19 @@ from streamer.models import ModelConfig, build_model
 from training.checkpoints import save
 
 
-def _save(directory: Path, numeric: list[str], categorical: tuple = ()) -> None:
+def _save(directory: Path, numeric: list[str], categorical: tuple = (), threshold: float | None = None) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(family="gru", n_features=len(numeric), hidden=4, heads=("event",), categorical=categorical)
     feats = {"numeric": numeric, "categorical": [{"name": "@hour", "cardinality": c} for c, _ in categorical],
              "label": "Occupancy"}
     save(directory, build_model(cfg), {"features": feats, "horizon": 1, "name": directory.name,
-                                       "normalization": {"mean": [0.0] * len(numeric), "std": [1.0] * len(numeric)}})
+                                       "normalization": {"mean": [0.0] * len(numeric), "std": [1.0] * len(numeric)},
+                                       "thresholds": {"score": "event_probability", "event": threshold}})
 
 
-def _settings(ckpt: Path):
+def _settings(ckpt: Path, **output):
     return load_settings(model={"family": "gru", "n_features": 2, "hidden": 4, "checkpoint": str(ckpt)},
-                         engine={"device": "cpu"}, metrics={"port": 0})
+                         engine={"device": "cpu"}, metrics={"port": 0}, output=output)
 
 
 def test_start_up_refuses_derived_and_categorical_inputs(tmp_path: Path) -> None:
@@ -49,3 +51,32 @@ def test_hot_reload_keeps_serving_the_old_model(tmp_path: Path) -> None:
     _save(ckpt, ["Light", "@weekend"])  # written in place: a new signature the daemon cannot serve
     service._maybe_reload()
     assert service.served is before and service.stats.reloads == 0
+
+
+def test_event_levels_default_to_the_calibrated_threshold(tmp_path: Path) -> None:
+    from streamer.service import Service
+
+    def levels(service: Service) -> tuple[float, float]:
+        return service.detectors.events.on, service.detectors.events.off
+
+    ckpt = tmp_path / "model"
+    _save(ckpt, ["Light", "CO2"], threshold=0.51)
+    assert levels(Service(_settings(ckpt))) == (0.51, 0.51)
+    assert levels(Service(_settings(ckpt, event_on=0.7, event_off=0.2))) == (0.7, 0.2)
+    assert levels(Service(_settings(ckpt, event_on=0.7))) == (0.7, 0.51)
+    with pytest.raises(ConfigError, match=r"STREAMER_OUTPUT__EVENT_OFF \(0.51, the calibrated threshold of model\)"):
+        Service(_settings(ckpt, event_on=0.3))
+    _save(ckpt, ["Light", "CO2"])  # no calibrated threshold: the fixed defaults
+    assert levels(Service(_settings(ckpt))) == (0.6, 0.4)
+
+
+def test_hot_reload_refuses_levels_the_settings_contradict(tmp_path: Path) -> None:
+    from streamer.service import Service
+
+    ckpt = tmp_path / "model"
+    _save(ckpt, ["Light", "CO2"], threshold=0.2)
+    service = Service(_settings(ckpt, event_on=0.3))
+    before = service.served
+    _save(ckpt, ["Light", "CO2"], threshold=0.45)  # off would be 0.45 > on 0.3
+    service._maybe_reload()
+    assert service.served is before and service.detectors.events.off == 0.2
