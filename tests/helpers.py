@@ -105,3 +105,11 @@ def first_rows(src: Path, dest: Path, rows: int) -> Path:
     lines = src.read_text().splitlines()
     dest.write_text("\n".join(lines[: rows + 1]) + "\n")
     return dest
+
+
+def as_records(bodies: list[dict], timestamp: int = 1_700_000_000_000) -> list:
+    """Reading bodies as consumer records of one partition (offsets from 0), for Service.process without a broker."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(value=json.dumps(b).encode(), key=b["stream"].encode(), topic="in", partition=0,
+                            offset=i, timestamp=timestamp) for i, b in enumerate(bodies)]

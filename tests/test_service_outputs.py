@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from streamer.config import load_settings
 from streamer.models import ModelConfig, build_model
 from streamer.service import Service
-from tests.helpers import collect, per_reading
+from tests.helpers import as_records, collect, per_reading
 
 T0 = 1_700_000_000_000
 
@@ -181,13 +181,6 @@ def test_input_topics_by_pattern(kafka_bootstrap, new_topic):
     assert service.input_topics() == names
 
 
-def _fake_records(bodies: list[dict]) -> list:
-    from types import SimpleNamespace
-
-    return [SimpleNamespace(value=json.dumps(b).encode(), key=b["stream"].encode(), topic="in", partition=0,
-                            offset=i, timestamp=T0) for i, b in enumerate(bodies)]
-
-
 def test_forecast_cadence_mirrors_input_records_however_polls_fall():
     """forecast_records="input": the same records, whichever way the polls fall."""
     bodies = [{"stream": "m", "ts": [1, 2, 3, 4, 5], "values": [[0.1], [0.2], [0.3], [0.4], [0.5]]},
@@ -202,7 +195,7 @@ def test_forecast_cadence_mirrors_input_records_however_polls_fall():
                                  metrics={"enabled": False})
         service = Service(settings)
         for poll in polls:
-            service.process(_fake_records(poll))
+            service.process(as_records(poll))
         return [r.value for r in service._pending.records]
 
     one_poll = published([bodies])
@@ -233,7 +226,7 @@ def test_batch_forecast_records_hold_one_stream_per_batch_and_equal_input_mode_p
                                  metrics={"enabled": False})
         service = Service(settings)
         for poll in polls:
-            service.process(_fake_records(poll))
+            service.process(as_records(poll))
         return [json.loads(r.value) for r in service._pending.records]
 
     polls = [bodies[i : i + 30] for i in range(0, len(bodies), 30)]

@@ -109,3 +109,37 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, capsys) -> None:
     cfg.write_text(ETT_TOML.replace("[train]", "[train]\nbogus = 1"))
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_a_trained_forecaster_with_a_delay_line_is_served_as_trained(tmp_path: Path) -> None:
+    """The daemon's forecasts of a `streamer train` checkpoint (delay line of 8 readings, horizon 4), fed in polls
+    of varying sizes with named channels, are the checkpoint's own forecasts over one pass, in the input's units."""
+    from streamer.config import load_settings
+    from streamer.model_source import load_checkpoint
+    from streamer.service import Service
+    from tests.helpers import as_records
+    from training.data import FeatureSpec, load_csv
+    from training.evaluate import predict_stream
+    from training.layout import Stream
+
+    cfg = tmp_path / "ett.toml"
+    cfg.write_text(ETT_TOML)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    ckpt = tmp_path / "run" / "checkpoint"
+    channels = meta_features()
+    s = load_csv(DATA / "ett" / "ETTh1.csv", FeatureSpec(tuple(channels)), "date")[0]
+    n = 120
+    bodies = [{"stream": "t1", "ts": t, "values": dict(zip(channels, row, strict=True))}
+              for t, row in zip(s.ts[:n].tolist(), s.values[:n].tolist(), strict=True)]
+    records = as_records(bodies)
+    settings = load_settings(model={"checkpoint": str(ckpt)}, engine={"device": "cpu"},
+                             output={"forecast_records": "input", "anomalies": False}, metrics={"enabled": False})
+    service = Service(settings)
+    for a, b in ((0, 1), (1, 9), (9, 50), (50, 51), (51, n)):
+        service.process(records[a:b])
+    got = np.array([json.loads(r.value)["forecast"] for r in service._pending.records])
+    served = load_checkpoint(ckpt)
+    x = ((s.values[:n] - served.mean) / served.std).astype(np.float32)
+    offline = predict_stream(served.model, Stream("t1", x), end=n, heads=("forecast",))["forecast"]
+    assert got.shape == (n, 4, 7)
+    np.testing.assert_allclose(got, offline * served.std + served.mean, rtol=1e-5, atol=1e-4)
