@@ -106,17 +106,18 @@ def check_servable(served: ServedModel) -> ServedModel:
     return served
 
 
-def event_levels(settings: Settings, served: ServedModel) -> tuple[float, float]:
-    """The event head's (on, off) probability levels: the settings', else the checkpoint's calibrated threshold
-    (the level whose per-reading decisions training scored on validation rows), else 0.6 and 0.4."""
+def event_levels(settings: Settings, served: ServedModel) -> tuple[float, float, int]:
+    """The event head's (on, off) probability levels and run length: the settings', else the checkpoint's calibrated
+    threshold and 1 (the per-reading decisions training scored on validation rows), else 0.6, 0.4 and 3."""
     o, thr = settings.output, served.event_threshold
+    run = o.event_min_run if o.event_min_run is not None else (1 if thr is not None else 3)
     on = o.event_on if o.event_on is not None else (thr if thr is not None else 0.6)
     off = o.event_off if o.event_off is not None else (thr if thr is not None else 0.4)
     if off > on:
         src = f"the calibrated threshold of {served.name}"
         raise ConfigError(f"STREAMER_OUTPUT__EVENT_OFF ({off}{'' if o.event_off is not None else ', ' + src}) must "
                           f"not exceed STREAMER_OUTPUT__EVENT_ON ({on}{'' if o.event_on is not None else ', ' + src})")
-    return on, off
+    return on, off, run
 
 
 def served_model(settings: Settings, device: str | torch.device) -> ServedModel:

@@ -151,13 +151,13 @@ class Service:
 
     def _make_detectors(self, served: ServedModel) -> StreamDetectors:
         o = self.settings.output
-        on, off = event_levels(self.settings, served)
+        on, off, run = event_levels(self.settings, served)
         if o.anomalies and served.head is None:
             log.info("anomaly scoring off: the model has no forecast or reconstruction head", extra={
                 "model": served.name, "heads": list(served.model.config.heads)})
         return StreamDetectors(
             served.model.config.n_features, served.model.config.heads, served.name, served.version,
-            anomalies=o.anomalies, event_on=on, event_off=off, event_min_run=o.event_min_run,
+            anomalies=o.anomalies, event_on=on, event_off=off, event_min_run=run,
             silent_after_ms=int(o.silent_after_s * 1000) if o.silent_after_s else None,
             channel_names=list(served.channels) if served.channels else None)
 

@@ -56,18 +56,20 @@ def test_hot_reload_keeps_serving_the_old_model(tmp_path: Path) -> None:
 def test_event_levels_default_to_the_calibrated_threshold(tmp_path: Path) -> None:
     from streamer.service import Service
 
-    def levels(service: Service) -> tuple[float, float]:
-        return service.detectors.events.on, service.detectors.events.off
+    def levels(service: Service) -> tuple[float, float, int]:
+        ev = service.detectors.events
+        assert ev.min_on == ev.min_off
+        return ev.on, ev.off, ev.min_on
 
     ckpt = tmp_path / "model"
     _save(ckpt, ["Light", "CO2"], threshold=0.51)
-    assert levels(Service(_settings(ckpt))) == (0.51, 0.51)
-    assert levels(Service(_settings(ckpt, event_on=0.7, event_off=0.2))) == (0.7, 0.2)
-    assert levels(Service(_settings(ckpt, event_on=0.7))) == (0.7, 0.51)
+    assert levels(Service(_settings(ckpt))) == (0.51, 0.51, 1)
+    assert levels(Service(_settings(ckpt, event_on=0.7, event_off=0.2, event_min_run=2))) == (0.7, 0.2, 2)
+    assert levels(Service(_settings(ckpt, event_on=0.7))) == (0.7, 0.51, 1)
     with pytest.raises(ConfigError, match=r"STREAMER_OUTPUT__EVENT_OFF \(0.51, the calibrated threshold of model\)"):
         Service(_settings(ckpt, event_on=0.3))
     _save(ckpt, ["Light", "CO2"])  # no calibrated threshold: the fixed defaults
-    assert levels(Service(_settings(ckpt))) == (0.6, 0.4)
+    assert levels(Service(_settings(ckpt))) == (0.6, 0.4, 3)
 
 
 def test_hot_reload_refuses_levels_the_settings_contradict(tmp_path: Path) -> None:

@@ -57,9 +57,10 @@ def test_daemon_publishes_the_events_eval_finds(kafka_bootstrap, new_topic, occu
                "event_topic": events, "alert_topic": new_topic("alerts"), "dead_letter_topic": dead,
                "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
         model={"checkpoint": str(ckpt)}, engine={"device": "cpu", "max_wait_ms": 50},
-        output={"anomalies": False, "event_min_run": 1}, metrics={"port": 0})
+        output={"anomalies": False}, metrics={"port": 0})
     service = Service(settings)
-    assert (service.detectors.events.on, service.detectors.events.off) == (served.event_threshold,) * 2
+    ev = service.detectors.events  # the defaults: the calibrated threshold, decided reading by reading
+    assert (ev.on, ev.off, ev.min_on, ev.min_off) == (served.event_threshold, served.event_threshold, 1, 1)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
