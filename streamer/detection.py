@@ -16,6 +16,7 @@ from streamer.detectors.batched import score_streams
 from streamer.detectors.events import HysteresisEvents, SilenceDetector
 from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
 from streamer.engine import StepResults
+from streamer.models import value_head
 from streamer.state import StateStore
 
 # Alerts come from the anomaly likelihood; the daemon leaves Telemanom's threshold off, whose window of
@@ -38,8 +39,7 @@ class StreamDetectors:
                  event_on: float = 0.6, event_off: float = 0.4, event_min_run: int = 3,
                  silent_after_ms: int | None = None, channel_names: list[str] | None = None) -> None:
         # anomalies are scored on one-step forecasts (or reconstructions): an event-only model has none to score
-        self.forecast_head = "forecast" if "forecast" in heads else "reconstruction" if "reconstruction" in heads \
-            else None
+        self.forecast_head = value_head(heads)
         self.anomalies = AnomalyPipeline(n_features, SERVING_PIPELINE, model=model, version=version,
                                          channel_names=channel_names) \
             if anomalies and self.forecast_head is not None else None

@@ -16,7 +16,7 @@ import torch
 
 from streamer.config import Settings
 from streamer.errors import ConfigError
-from streamer.models import ModelConfig, RecurrentModel, build_model
+from streamer.models import ModelConfig, RecurrentModel, build_model, value_head
 
 
 @dataclass
@@ -40,8 +40,7 @@ class ServedModel:
     @property
     def head(self) -> str | None:
         """The head whose outputs are published as forecasts and scored for anomalies (None: an event-only model)."""
-        heads = self.model.config.heads
-        return "forecast" if "forecast" in heads else "reconstruction" if "reconstruction" in heads else None
+        return value_head(self.model.config.heads)
 
     def same_architecture(self, other: ServedModel) -> bool:
         """Whether per-stream states of `other` are valid for this model (same family and state shapes)."""
@@ -106,7 +105,7 @@ def check_servable(served: ServedModel) -> ServedModel:
     return served
 
 
-def event_levels(settings: Settings, served: ServedModel) -> tuple[float, float, int]:
+def event_hysteresis(settings: Settings, served: ServedModel) -> tuple[float, float, int]:
     """The event head's (on, off) probability levels and run length: the settings', else the checkpoint's calibrated
     threshold and 1 (the per-reading decisions training scored on validation rows), else 0.6, 0.4 and 3."""
     o, thr = settings.output, served.event_threshold

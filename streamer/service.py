@@ -36,7 +36,7 @@ from streamer.model_source import (
     ServedModel,
     check_servable,
     checkpoint_signature,
-    event_levels,
+    event_hysteresis,
     load_checkpoint,
     served_model,
     wrap_model,
@@ -151,7 +151,7 @@ class Service:
 
     def _make_detectors(self, served: ServedModel) -> StreamDetectors:
         o = self.settings.output
-        on, off, run = event_levels(self.settings, served)
+        on, off, run = event_hysteresis(self.settings, served)
         if o.anomalies and served.head is None:
             log.info("anomaly scoring off: the model has no forecast or reconstruction head", extra={
                 "model": served.name, "heads": list(served.model.config.heads)})
@@ -168,7 +168,7 @@ class Service:
             return
         try:
             new = check_servable(load_checkpoint(path, self.device))
-            event_levels(self.settings, new)  # levels the settings contradict: keep serving the old model
+            event_hysteresis(self.settings, new)  # levels the settings contradict: keep serving the old model
         except (CheckpointError, ConfigError, OSError) as exc:  # e.g. caught mid-write: try again next interval
             log.warning("new checkpoint not loaded: %s", exc)
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamer.models.config import FAMILIES, HEADS, ModelConfig
+from streamer.models.config import FAMILIES, HEADS, ModelConfig, value_head
 from streamer.models.gru import GRUModel
 from streamer.models.lstm import LSTMModel
 from streamer.models.recurrent import Plan, RecurrentModel, default_strategy, make_plan
@@ -28,4 +28,5 @@ __all__ = [
     "build_model",
     "default_strategy",
     "make_plan",
+    "value_head",
 ]

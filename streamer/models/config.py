@@ -11,6 +11,11 @@ FAMILIES = ("rnn", "lstm", "gru")
 HEADS = ("forecast", "reconstruction", "event", "symbol")
 
 
+def value_head(heads: tuple[str, ...]) -> str | None:
+    """The head whose outputs are readings-to-be (published as forecasts, scored for anomalies); None: none."""
+    return next((h for h in ("forecast", "reconstruction") if h in heads), None)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one recurrent model: family, sizes, inputs and output heads."""
