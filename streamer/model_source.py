@@ -88,12 +88,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                        channels, signature, float(threshold) if isinstance(threshold, (int, float)) else None)
 
 
-def check_servable(served: ServedModel) -> ServedModel:
-    """Refuse a checkpoint whose inputs readings cannot carry: ConfigError naming `model.checkpoint`.
+def check_servable(served: ServedModel, settings: Settings) -> ServedModel:
+    """Refuse a checkpoint the daemon cannot serve with these settings: ConfigError naming the setting.
 
     Training computes some inputs itself (categorical codes through embeddings, and the '@' inputs derived from
     timestamps, training.data.DERIVED_NUMERIC); the daemon steps the readings' values only, so such a model
     would fail on its first batch. `streamer eval occupancy` computes the derived inputs and can still use them.
+    Event levels that the settings contradict (event_hysteresis) are refused too.
     """
     from training.data import DERIVED_NUMERIC
 
@@ -102,6 +103,7 @@ def check_servable(served: ServedModel) -> ServedModel:
         what = f"inputs derived from timestamps {derived}" if derived else "categorical inputs (embeddings)"
         raise ConfigError(f"model.checkpoint: {served.name} takes {what}, which readings do not carry and "
                           f"`streamer serve` does not compute; retrain on the readings' channels only")
+    event_hysteresis(settings, served)
     return served
 
 
@@ -122,5 +124,5 @@ def event_hysteresis(settings: Settings, served: ServedModel) -> tuple[float, fl
 def served_model(settings: Settings, device: str | torch.device) -> ServedModel:
     """The checkpoint when one is configured (refused if the daemon cannot feed it), else the seeded model."""
     if settings.model.checkpoint:
-        return check_servable(load_checkpoint(settings.model.checkpoint, device))
+        return check_servable(load_checkpoint(settings.model.checkpoint, device), settings)
     return seeded_model(settings)

@@ -167,8 +167,7 @@ class Service:
         if not path or checkpoint_signature(path) in (None, self.served.signature):
             return
         try:
-            new = check_servable(load_checkpoint(path, self.device))
-            event_hysteresis(self.settings, new)  # levels the settings contradict: keep serving the old model
+            new = check_servable(load_checkpoint(path, self.device), self.settings)
         except (CheckpointError, ConfigError, OSError) as exc:  # e.g. caught mid-write: try again next interval
             log.warning("new checkpoint not loaded: %s", exc)
             return

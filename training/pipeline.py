@@ -329,7 +329,7 @@ def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics
                        beats_lda_by=beat_ratio(1.0 - lm["accuracy"], 1.0 - m["accuracy"]))
         overlap = error_overlap(lab, (prob >= thr).astype(np.int8), (lp >= 0.5).astype(np.int8))
         metrics.update(lda_errors=overlap["baseline_errors"], shared_errors_with_lda=overlap["shared_errors"])
-    metrics["val_accuracy"] = event_metrics(vp[val.lo : val.hi], val.labels[val.lo : val.hi], thr, tol)["accuracy"]
+    metrics["val_accuracy"] = _accuracy(vp, val, thr)
     plot_events(report_dir, prob, lab, thr)
     plot_errors(report_dir, vp[val.lo : val.hi], {"threshold": thr}, "validation P(event)")
     return {"score": "event_probability", "event": thr}

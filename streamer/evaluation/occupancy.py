@@ -226,10 +226,12 @@ def plot(path: Path, ts: np.ndarray, labels: np.ndarray, res: dict[str, Any], sc
     ax[1].legend(loc="upper right", fontsize=7)
     lab = labels >= 0.5
     rows = [("model", res["active"])] + ([("LDA", baseline)] if baseline is not None else [])
-    for k, (_, pred) in enumerate(rows):
+    names = []
+    for k, (name, pred) in enumerate(rows):
         wrong = np.flatnonzero((np.asarray(pred) >= 0.5) != lab)
         ax[2].vlines(minutes[wrong], k - 0.35, k + 0.35, color="tab:red" if k == 0 else "tab:gray", lw=0.8)
-    ax[2].set_yticks(range(len(rows)), [f"{n} ({int(((np.asarray(p) >= 0.5) != lab).sum())})" for n, p in rows])
+        names.append(f"{name} ({len(wrong)})")
+    ax[2].set_yticks(range(len(rows)), names)
     ax[2].set_ylim(-0.6, len(rows) - 0.4)
     ax[2].set_title("wrong minutes", fontsize=8, loc="left")
     ax[2].set_xlabel("hours since the first test reading")
