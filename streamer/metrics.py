@@ -24,6 +24,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from streamer.schema import DEAD_LETTER_REASONS
+
 log = logging.getLogger(__name__)
 
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -60,6 +62,9 @@ class Metrics:
                                         registry=r)
         self.commit_failures = Counter("streamer_commit_failures_total",
                                        "Commits that failed (the work is redone from the last commit)", registry=r)
+        self.failed_commits_in_row = Gauge(
+            "streamer_failed_commits_in_row", "Commits that failed since the last one that succeeded (/healthz "
+            "fails at STREAMER_METRICS__UNHEALTHY_AFTER_FAILED_COMMITS)", registry=r)
         self.active_streams = Gauge("streamer_active_streams", "Streams resident in the state store", registry=r)
         self.evictions = Counter("streamer_evictions_total", "Streams evicted from the state store", registry=r)
         self.restored = Counter("streamer_restored_records_total", "Changelog records read while restoring state",
@@ -75,6 +80,8 @@ class Metrics:
         self.alerts_firing = Gauge("streamer_alerts_firing", "Anomaly alerts currently firing", registry=r)
         for kind in ("forecast", "alert", "event", "state", "dead_letter"):
             self.outputs.labels(kind)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
         for kind in ("late", "duplicate"):
             self.out_of_order.labels(kind)
         for event in ("assigned", "revoked"):
