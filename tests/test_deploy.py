@@ -343,7 +343,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     tool = _promtool()
     exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", []) if t.get("expr")]
     assert exprs
-    subst = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+    subst = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$job": "streamer", "$instance": ".*"}
     recorded = []
     for i, e in enumerate(exprs):
         for k, v in subst.items():
@@ -387,7 +387,9 @@ def test_dashboard_structure_and_provisioning():
             continue
         assert p["targets"], p["title"]
         for ds in [p.get("datasource")] + [t.get("datasource") for t in p["targets"]]:
-            assert ds == {"type": "prometheus", "uid": uid}, f"panel {p['title']!r} uses data source {ds}"
+            assert ds == {"type": "prometheus", "uid": "${datasource}"}, f"panel {p['title']!r} uses data source {ds}"
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == uid, "the provisioned data source is the default"
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("throughput", "lag", "latency", "batch", "step", "active streams", "evictions", "dead letters",
                   "alerts firing", "restores", "rebalances", "model"):
@@ -400,6 +402,29 @@ def test_dashboard_structure_and_provisioning():
     mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("./"))
     assert mounts["./grafana/dashboards"] == provider
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def test_dashboard_has_datasource_job_and_instance_variables():
+    """Every streamer query is scoped to the chosen job and instances, through the chosen data source."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    job, instance = variables["job"], variables["instance"]
+    for var in (job, instance):
+        assert var["type"] == "query" and var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
+        assert m and m.group(2) == var["name"], var["query"]
+        assert promql_metric_names(m.group(1)) <= sample_names(CONTRACT) | SYNTHETIC, m.group(1)
+    assert job["current"]["value"] == "streamer", "the job the rules select"
+    assert '$job' in instance["query"]["query"], "instances of the chosen job"
+    assert instance["multi"] and instance["includeAll"] and instance["allValue"] == ".*"
+    for place, expr in referenced_exprs().items():
+        if not place.startswith("panel"):
+            continue
+        s = re.sub(r"\[[^\]]*\]", "", expr)
+        for m in re.finditer(r"(?<![\w.$])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(\{[^}]*\})?(?!\s*\()", s):
+            if m.group(1) in promql_metric_names(expr) and m.group(1) != "ALERTS":
+                sel = m.group(2) or ""
+                assert 'job="$job"' in sel and 'instance=~"$instance"' in sel, f"{place}: {m.group(0)}"
 
 
 # -- the image -------------------------------------------------------------------------------------------------
