@@ -67,13 +67,19 @@ CONTRACT = {
     "streamer_ready": "gauge",
     "streamer_out_of_order_readings": "counter",
     "streamer_alerts_firing": "gauge",
+    # model health (issue 20)
+    "streamer_forecast_absolute_error": "histogram",
+    "streamer_anomaly_score": "histogram",
+    "streamer_alerts_fired": "counter",
+    "streamer_model_reload_attempts": "counter",
+    "streamer_model_reload_failures": "counter",
     "process_start_time_seconds": "gauge",
     "process_resident_memory_bytes": "gauge",
 }
 # Series Prometheus makes itself, not the exporter.
 SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds", "scrape_samples_scraped"}
 REQUIRED_ALERTS = {"StreamerConsumerLagGrowing", "StreamerDeadLetterRate", "StreamerNoInput", "StreamerNotReady",
-                   "StreamerRestarting", "StreamerCommitFailures", "StreamerAbsent"}
+                   "StreamerRestarting", "StreamerCommitFailures", "StreamerAbsent", "StreamerModelReloadFailing"}
 
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -392,7 +398,8 @@ def test_dashboard_structure_and_provisioning():
     assert variables["datasource"]["current"]["value"] == uid, "the provisioned data source is the default"
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("throughput", "lag", "latency", "batch", "step", "active streams", "evictions", "dead letters",
-                  "alerts firing", "restores", "rebalances", "model"):
+                  "alerts firing", "restores", "rebalances", "model", "forecast absolute error", "anomaly score",
+                  "fired by severity", "reloads"):
         assert topic in titles, f"no dashboard panel about {topic}"
     quantiles = [e for e in referenced_exprs().values() if "histogram_quantile" in e and "latency" in e]
     assert len(quantiles) >= 3, "latency percentiles need histogram_quantile"
