@@ -12,6 +12,7 @@ from typing import Literal, get_args, get_origin
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamer.cpu_quota import cpu_quota
 from streamer.errors import ConfigError
 
 
@@ -108,7 +109,8 @@ class EngineSettings(BaseModel):
         default=20_000, gt=0, description="records per poll and batch (capped at the capacity)")
     max_wait_ms: int = Field(default=100, ge=0, description="longest wait for a batch to fill")
     threads: int | None = Field(
-        default=None, gt=0, description="torch CPU threads; default half the cores (at least 1): the Kafka "
+        default=None, gt=0, description="torch CPU threads; default half the cores, at most the container's CPU limit "
+        "(cgroup quota), at least 1: the Kafka "
         "clients' threads and the broker need the rest, and spinning OpenMP threads on a busy core are slow")
     switch_interval_ms: float = Field(
         default=1.0, gt=0, le=100, description="Python's thread switch interval while serving "
@@ -215,8 +217,8 @@ def resolve_device(choice: str) -> str:
 
 
 def resolve_threads(threads: int | None) -> int:
-    """The torch CPU thread count: the setting, or half of this machine's cores (at least 1)."""
-    return threads if threads is not None else max(1, (os.cpu_count() or 2) // 2)
+    """The torch CPU thread count: the setting, or half of this machine's cores capped by the cgroup's CPU quota."""
+    return threads if threads is not None else max(1, min((os.cpu_count() or 2) // 2, cpu_quota() or 1 << 30))
 
 
 def settings_reference() -> list[tuple[str, str, str, str]]:

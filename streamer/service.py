@@ -175,9 +175,11 @@ class Service:
         path = self.settings.model.checkpoint
         if not path or checkpoint_signature(path) in (None, self.served.signature):
             return
+        self.metrics.reload_attempts.inc()
         try:
             new = check_servable(load_checkpoint(path, self.device), self.settings)
         except (CheckpointError, ConfigError, OSError) as exc:  # e.g. caught mid-write: try again next interval
+            self.metrics.reload_failures.inc()
             log.warning("new checkpoint not loaded: %s", exc)
             return
         self._commit(wait=True)  # the outputs so far belong to the old model
@@ -554,6 +556,7 @@ class Service:
         self._queue_forecasts(results, records_of)
         if self.detectors.active:
             found = self.detectors.step(results, store)
+            self.metrics.observe_model_health(served.version, found.errors, found.scores, found.alerts)
             self._queue_messages(found.alerts, k.alert_topic, "alert")
             self._queue_messages(found.events, k.event_topic, "event")
         self._advance_streams(results)
