@@ -46,9 +46,7 @@ def _parse_row(path: Path, line: int, header: list[str], row: list[str]) -> tupl
 def load_series(path: Path, stream: str | None = None, start_ms: int = 1_420_070_400_000,
                 step_ms: int = 60_000) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
     """Read one stream: a CSV (timestamp column first, numeric channels after) or a NumPy .npy array [n, F]
-    (rows stamped start_ms + i * step_ms, as the SMAP arrays carry no time); (stream, ts, values, channels).
-
-    A missing or unreadable file, or a value that is not a number, raises DataError naming the file (and line)."""
+    (rows stamped start_ms + i * step_ms, as the SMAP arrays carry no time); (stream, ts, values, channels)."""
     if Path(path).suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)  # never unpickle: a data file must not run code
