@@ -141,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.set_defaults(func=cmd_eval_nab)
 
     o = sub.add_parser("occupancy", help="UCI Occupancy: per-minute accuracy and event onsets/offsets",
-                       description="Trains the event model on --train only (its last 15%% pick the epoch and the "
+                       description="Trains the event model on --train only (its last 15% pick the epoch and the "
                                    "threshold) or loads --checkpoint, streams --test once, in order, in chunks "
                                    "through the engine and the hysteresis event detector as the daemon does, and "
                                    "reports accuracy, onset/offset recall within +-tolerance minutes, mean delay "

@@ -1,5 +1,5 @@
 """`streamer eval ...` at the console script's entry point: a missing input is one line on stderr naming the option
-and the path, exit status 2, before any training."""
+and the path, exit status 2, before any training; help texts render as written."""
 
 from __future__ import annotations
 
@@ -53,3 +53,18 @@ def test_eval_ett_on_a_file_that_is_not_a_table_names_it(tmp_path: Path, capsys:
     folder.mkdir()
     rc, err = run_main(["eval", "ett", "--data", str(folder), "--quiet"], capsys)
     assert rc == 2 and err == [f"streamer: --data {folder}: a folder, expected a file"]
+
+
+def test_eval_occupancy_help_shows_a_single_percent_sign(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "occupancy", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "15%" in out and "%%" not in out
+
+
+@pytest.mark.parametrize("argv", [[], ["eval"], ["eval", "nab"], ["eval", "smap"], ["eval", "ett"], ["replay"],
+                                  ["train"], ["inspect"]])
+def test_help_texts_have_no_doubled_percent_sign(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0 and "%%" not in capsys.readouterr().out
