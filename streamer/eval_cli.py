@@ -109,7 +109,7 @@ def cmd_eval_ett(args: argparse.Namespace) -> int:
     _use_threads(args.threads)
     m = ett.run(Path(args.data), args.horizon, Path(args.out) if args.out else None,
                 Path(args.checkpoint) if args.checkpoint else None, args.epochs, progress=not args.quiet)
-    print(f"ETTh1 test, horizon {m['horizon']}: MSE {m['mse']:.3f} MAE {m['mae']:.3f}  "
+    print(f"{Path(args.data).stem} test, horizon {m['horizon']}: MSE {m['mse']:.3f} MAE {m['mae']:.3f}  "
           f"(repeat-last MSE {m['repeat_mse']:.3f} MAE {m['repeat_mae']:.3f}; {m['test_windows']} windows, "
           f"{m['seconds']:.1f} s)")
     if args.json:
