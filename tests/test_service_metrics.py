@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 from kafka import KafkaProducer
 
-import streamer.service as service_module
+from streamer.changelog import ChangelogRestorer
 from streamer.config import load_settings
 from streamer.service import Service
 from tests.helpers import collect
@@ -56,13 +56,13 @@ def test_metrics_health_and_readiness_during_restore(kafka_bootstrap, new_topic,
         metrics={"port": 0},
     )
     seen_during_restore = []
-    real_restore = service_module.restore_partitions
+    real_step = ChangelogRestorer.step
 
-    def observed_restore(*args, **kwargs):
+    def observed_step(restorer, *args, **kwargs):
         seen_during_restore.append(_get(service.http.port, "/readyz")[0])
-        return real_restore(*args, **kwargs)
+        return real_step(restorer, *args, **kwargs)
 
-    monkeypatch.setattr(service_module, "restore_partitions", observed_restore)
+    monkeypatch.setattr(ChangelogRestorer, "step", observed_step)
     service = Service(settings)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
