@@ -6,28 +6,16 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamer.local_kafka import free_port_pair
 from streamer.transport import OutRecord, RecordAppender
-from tests.helpers import LogTail, collect, send_records, serve_env, serve_until, start_serve
+from tests.helpers import LogTail, collect, http_get, send_records, serve_env, serve_until, start_serve
 
 T0 = 1_700_000_000_000
 STREAMS, PARTITIONS, COPIES, BACKLOG = 1000, 4, 1000, 20
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def _readings(t: int) -> list[tuple[bytes, bytes]]:
@@ -66,12 +54,12 @@ def _watch_until_ready(port: int, proc, timeout: float) -> tuple[list[str], list
     bodies, lag_series, remaining_series = [], [], []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        status, body = _get(port, "/readyz")
+        status, body = http_get(port, "/readyz")
         if status == 200:
             break
         if status == 503:
             bodies.append(body)
-            text = _get(port, "/metrics")[1]
+            text = http_get(port, "/metrics")[1]
             lag_series.append(sum(line.startswith("streamer_consumer_lag_records{") for line in text.splitlines()))
             remaining_series.append(sum(line.startswith("streamer_restore_remaining_records{")
                                         for line in text.splitlines()))
@@ -102,9 +90,9 @@ def test_restart_on_a_million_changelog_records_stays_in_the_group(kafka_bootstr
     tail = LogTail(proc)
     try:
         bodies, lag_series, remaining_series = _watch_until_ready(port, proc, timeout=240)
-        assert _get(port, "/readyz")[0] == 200, "".join(tail.text)[-3000:]
+        assert http_get(port, "/readyz")[0] == 200, "".join(tail.text)[-3000:]
         got = collect(kafka_bootstrap, [out], STREAMS * (BACKLOG + 1), timeout=180, proc=proc)[out]
-        metrics = _get(port, "/metrics")[1]
+        metrics = http_get(port, "/metrics")[1]
     finally:
         proc.send_signal(signal.SIGTERM)
         tail.finish(timeout=60)
