@@ -144,6 +144,7 @@ class Service:
         self._restorer: ChangelogRestorer | None = None
         self._restore_began = 0.0
         self._restore_records = 0
+        self._restore_partitions: list[int] = []
         self._lag_due = False
         self.http: HealthServer | None = None
         self._pending = _Pending()
@@ -391,7 +392,7 @@ class Service:
             self.restore_status = (f"restoring the state of partitions {sorted(left)}: {sum(left.values())} "
                                    f"changelog records left, {self._restore_records} read")
             return
-        log.info("restored state", extra={"records": self._restore_records,
+        log.info("restored state", extra={"partitions": self._restore_partitions, "records": self._restore_records,
                                           "seconds": round(time.monotonic() - self._restore_began, 3)})
         self.restore_status = ""
         self._set_ready(True)
@@ -523,7 +524,8 @@ class Service:
         self._set_ready(False)
         self._restorer.assigned(assigned)
         self._restore_began, self._restore_records = time.monotonic(), 0
-        self.restore_status = (f"restoring the state of partitions {sorted({tp.partition for tp in assigned})}"
+        self._restore_partitions = sorted({tp.partition for tp in assigned})
+        self.restore_status = (f"restoring the state of partitions {self._restore_partitions}"
                                if assigned else "no input partitions assigned")
         self._lag_due = True
 
