@@ -176,6 +176,46 @@ class OutputSettings(BaseModel):
         return self
 
 
+class DetectorsSettings(BaseModel):
+    """The anomaly pipeline (streamer/detectors/pipeline.py PipelineConfig), one field each; unset (None): the
+    served checkpoint's `detectors` metadata, else the product default (streamer/detection.py PRODUCT_PIPELINE)."""
+
+    norm_halflife: float | None = Field(default=None, gt=0, description="input normalisation EWMA half-life, "
+                                        "in readings (`streamer eval nab` only: the daemon uses the checkpoint's)")
+    error_halflife: float | None = Field(default=None, gt=0, description="forecast-error mean/variance half-life")
+    error_warmup: int | None = Field(default=None, ge=0, description="readings before error z-scores are emitted")
+    error_zmax: float | None = Field(default=None, gt=0, description="error z-scores are clipped to [0, this]")
+    value_weight: float | None = Field(
+        default=None, ge=0, description="raw score = max(error z, this * |normalised reading|); 0: errors only")
+    season_ms: int | None = Field(
+        default=None, ge=0, description="seasonal view: the error is the smaller of the model's and that of the "
+        "value this long earlier (e.g. 86400000, a day); 0: off. Its memory is part of every stream's state")
+    season_max: int | None = Field(default=None, gt=0, description="readings kept for the seasonal view")
+    value_short: int | None = Field(
+        default=None, ge=0, description="value view: likelihood of the mean |normalised reading| over this many "
+        "readings; 0: off")
+    short: int | None = Field(default=None, gt=0, description="likelihood: short window of raw scores")
+    long_halflife: float | None = Field(
+        default=None, gt=0, description="likelihood: half-life of the long-run distribution, in readings")
+    likelihood_warmup: int | None = Field(
+        default=None, ge=0, description="readings before the likelihood is emitted (alerts cannot fire before)")
+    dt_window: int | None = Field(
+        default=None, ge=0, description="Telemanom threshold window of smoothed errors (a diagnostic: alerts do "
+        "not use it); 0: off. Its window is part of every stream's state")
+    dt_span: float | None = Field(default=None, gt=0, description="Telemanom threshold: EWMA span of the smoothing")
+    dt_every: int | None = Field(default=None, gt=0, description="Telemanom threshold: recomputed this often")
+    alert_on: float | None = Field(default=None, ge=0, le=1, description="an alert fires at or above this score")
+    alert_off: float | None = Field(default=None, ge=0, le=1, description="an alert resolves below this score ...")
+    resolve_after: int | None = Field(default=None, gt=0, description="... for this many readings")
+    suppress: int | None = Field(
+        default=None, ge=0, description="the score is damped for this many readings after an alert fired; 0: off")
+    damp: float | None = Field(default=None, ge=0, le=1, description="factor on the score while damped")
+
+    def overrides(self) -> dict[str, float | int]:
+        """The fields that are set."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class MetricsSettings(BaseModel):
     """The HTTP port with /metrics, /healthz and /readyz."""
 
@@ -203,6 +243,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    detectors: DetectorsSettings = Field(default_factory=DetectorsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_format: Literal["text", "json"] = Field(default="text", description="json: one object per line")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")

@@ -12,16 +12,32 @@ from typing import Any
 
 import numpy as np
 
+from streamer.config import DetectorsSettings
 from streamer.detectors.batched import score_streams
 from streamer.detectors.events import HysteresisEvents, SilenceDetector
 from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
+from streamer.detectors.seasonal import DAY_MS
 from streamer.engine import StepResults
+from streamer.errors import ConfigError
 from streamer.models import value_head
 from streamer.state import StateStore
 
-# Alerts come from the anomaly likelihood; the daemon leaves Telemanom's threshold off, whose window of
-# smoothed errors would be most of every stream's state (about 4 of 8 kB in memory, 2 of 3 kB per snapshot).
-SERVING_PIPELINE = PipelineConfig(dt_window=0)
+# The product default, served and evaluated (`streamer eval nab`) alike: both optional views on (the seasonal
+# error with a one-day period, the value view over 4 readings). Telemanom's threshold is off: alerts never use
+# it, and its window of smoothed errors would be most of every stream's state.
+PRODUCT_PIPELINE = PipelineConfig(season_ms=DAY_MS, value_short=4, dt_window=0)
+
+
+def pipeline_config(settings: DetectorsSettings, checkpoint: dict[str, Any] | None = None) -> PipelineConfig:
+    """The anomaly pipeline, field by field: the STREAMER_DETECTORS__* setting, else the checkpoint's `detectors`
+    metadata, else PRODUCT_PIPELINE. The daemon and `streamer eval nab` build theirs here, and nowhere else."""
+    known = PRODUCT_PIPELINE.to_dict()
+    saved = dict(checkpoint or {})
+    unknown = sorted(set(saved) - set(known))
+    if unknown:
+        raise ConfigError(f"checkpoint metadata 'detectors': unknown fields {unknown} (known: {sorted(known)})")
+    fields = {**known, **saved, **settings.overrides()}
+    return PipelineConfig(**{k: type(known[k])(v) for k, v in fields.items()})
 
 
 @dataclass
@@ -41,10 +57,11 @@ class StreamDetectors:
 
     def __init__(self, n_features: int, heads: tuple[str, ...], model: str, version: str, anomalies: bool = True,
                  event_on: float = 0.6, event_off: float = 0.4, event_min_run: int = 3,
-                 silent_after_ms: int | None = None, channel_names: list[str] | None = None) -> None:
+                 silent_after_ms: int | None = None, channel_names: list[str] | None = None,
+                 pipeline: PipelineConfig = PRODUCT_PIPELINE) -> None:
         # anomalies are scored on one-step forecasts (or reconstructions): an event-only model has none to score
         self.forecast_head = value_head(heads)
-        self.anomalies = AnomalyPipeline(n_features, SERVING_PIPELINE, model=model, version=version,
+        self.anomalies = AnomalyPipeline(n_features, pipeline, model=model, version=version,
                                          channel_names=channel_names) \
             if anomalies and self.forecast_head is not None else None
         self.events = (HysteresisEvents(event_on, event_off, event_min_run, event_min_run)

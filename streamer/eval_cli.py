@@ -32,12 +32,20 @@ def _existing(flag: str, value: str | None, folder: bool = False) -> None:
 
 def cmd_eval_nab(args: argparse.Namespace) -> int:
     """Stream a NAB-layout folder through the engine and detectors, write NAB results, score, plot."""
+    from streamer.config import load_settings
+    from streamer.detection import pipeline_config
     from streamer.evaluation import nab
+    from streamer.model_source import load_checkpoint
 
     _existing("--data", args.data, folder=True)
+    _existing("--checkpoint", args.checkpoint, folder=True)
     _use_threads(args.threads)
-    cfg = nab.NabConfig(epochs=args.epochs) if args.epochs is not None else nab.NabConfig()
-    summary = nab.run(Path(args.data), Path(args.out), cfg, progress=not args.quiet, plots=not args.no_plots)
+    served = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    # the pipeline the daemon would serve this checkpoint with (STREAMER_DETECTORS__*, its metadata, the default)
+    pipeline = pipeline_config(load_settings().detectors, served.detectors if served else None)
+    cfg = nab.NabConfig(pipeline=pipeline, **({} if args.epochs is None else {"epochs": args.epochs}))
+    summary = nab.run(Path(args.data), Path(args.out), cfg, progress=not args.quiet, plots=not args.no_plots,
+                      served=served)
     keys = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
     print(f"NAB on {summary['files']} files ({summary['rows']} readings, {summary['windows']} windows), "
           f"{summary['seconds']:.1f} s")
@@ -129,11 +137,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "every series through the engine and the anomaly pipeline, writes "
                                    "OUT/streamer/<category>/streamer_<name>.csv, scores them with NAB's rules "
                                    "(three profiles, swept threshold; also the pipeline's own alerts) and writes "
-                                   "OUT/best.png, OUT/worst.png and OUT/summary.json.")
+                                   "OUT/best.png, OUT/worst.png and OUT/summary.json (with the pipeline used, "
+                                   "under 'detectors'). The pipeline is the daemon's: STREAMER_DETECTORS__* "
+                                   "settings, else the checkpoint's, else the product default.")
     n.add_argument("--data", required=True, help="NAB folder (with data/ and labels/)")
     n.add_argument("--out", required=True, help="output folder")
     n.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     n.add_argument("--epochs", type=int, default=None, help="pre-training steps (default: the built-in config)")
+    n.add_argument("--checkpoint", default=None,
+                   help="stream this checkpoint (from `streamer train`) as `streamer serve` would, instead of "
+                        "pre-training: its normalisation, and the pipeline of STREAMER_DETECTORS__*, else its "
+                        "metadata, else the default")
     n.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: a tiny model is fastest on one; 0: torch's default)")
     n.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -10,6 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ class ServedModel:
     channels: tuple[str, ...] | None  # feature names, for readings with named channels
     signature: str | None = None  # what identifies the checkpoint on disk, to notice a new one
     event_threshold: float | None = None  # the event probability level calibrated on validation rows in training
+    detectors: dict[str, Any] | None = None  # the anomaly pipeline it was trained and evaluated with (its metadata)
 
     @property
     def family(self) -> str:
@@ -85,7 +87,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     threshold = (meta.get("thresholds") or {}).get("event")
     return ServedModel(model, str(meta.get("name") or Path(path).resolve().name), version,
                        np.asarray(norm["mean"], dtype=np.float32), np.where(std > 0, std, 1.0).astype(np.float32),
-                       channels, signature, float(threshold) if isinstance(threshold, (int, float)) else None)
+                       channels, signature, float(threshold) if isinstance(threshold, (int, float)) else None,
+                       meta.get("detectors"))
 
 
 def check_servable(served: ServedModel, settings: Settings) -> ServedModel:
@@ -104,6 +107,9 @@ def check_servable(served: ServedModel, settings: Settings) -> ServedModel:
         raise ConfigError(f"model.checkpoint: {served.name} takes {what}, which readings do not carry and "
                           f"`streamer serve` does not compute; retrain on the readings' channels only")
     event_hysteresis(settings, served)
+    from streamer.detection import pipeline_config
+
+    pipeline_config(settings.detectors, served.detectors)  # refuses a `detectors` metadata it cannot read
     return served
 
 

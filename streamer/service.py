@@ -28,7 +28,7 @@ from kafka.errors import KafkaError
 
 from streamer.changelog import ChangelogRestorer, ColdStore
 from streamer.config import Settings, resolve_device, resolve_threads
-from streamer.detection import StreamDetectors
+from streamer.detection import StreamDetectors, pipeline_config
 from streamer.engine import Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError, InvalidRecord
 from streamer.heap import BatchCollector
@@ -176,7 +176,8 @@ class Service:
             served.model.config.n_features, served.model.config.heads, served.name, served.version,
             anomalies=o.anomalies, event_on=on, event_off=off, event_min_run=run,
             silent_after_ms=int(o.silent_after_s * 1000) if o.silent_after_s else None,
-            channel_names=list(served.channels) if served.channels else None)
+            channel_names=list(served.channels) if served.channels else None,
+            pipeline=pipeline_config(self.settings.detectors, served.detectors))
 
     def _maybe_reload(self) -> None:
         """Serve a new checkpoint written at the configured path; keep states when the architecture matches."""

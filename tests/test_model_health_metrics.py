@@ -14,7 +14,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.config import load_settings
-from streamer.detection import SERVING_PIPELINE
+from streamer.detection import PRODUCT_PIPELINE
 from streamer.detectors.pipeline import AnomalyPipeline
 from streamer.models import ModelConfig, build_model
 from streamer.service import Service
@@ -54,7 +54,7 @@ def test_forecast_error_score_and_alert_metrics_match_an_independent_computation
         out, _ = model(torch.from_numpy(values))
     forecast = out["forecast"].reshape(streams, n, 2).numpy().astype(np.float64)
     errors = np.abs(values[:, 1:].astype(np.float64) - forecast[:, :-1])  # the forecast made at t-1 for t
-    pipe = AnomalyPipeline(2, SERVING_PIPELINE)
+    pipe = AnomalyPipeline(2, PRODUCT_PIPELINE)
     scores, fired = [], {"warning": 0, "critical": 0}
     for s in range(streams):
         res = pipe.score(pipe.init_state(), np.arange(n) * 1000 + 1000, values[s], forecast[s])

@@ -15,17 +15,19 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from streamer.detection import PRODUCT_PIPELINE, StreamDetectors
 from streamer.detectors import AnomalyPipeline, OnlineNormaliser, PipelineConfig
-from streamer.detectors.seasonal import DAY_MS
 from streamer.engine import Chunk, Engine
+from streamer.errors import ConfigError
 from streamer.evaluation import nab_scorer as ns
+from streamer.model_source import ServedModel
 from streamer.models import ModelConfig, RecurrentModel, build_model
 
 DETECTOR = "streamer"
@@ -42,8 +44,8 @@ class NabConfig:
     epochs: int = 80  # full-batch Adam steps over the probationary segments
     lr: float = 3e-3
     chunk: int = 256  # readings per stream per engine step (any chunking gives the same outputs)
-    # both views on: the error view with the seasonal-naive second forecaster (one day), and the value view
-    pipeline: PipelineConfig = field(default_factory=lambda: PipelineConfig(season_ms=DAY_MS, value_short=4))
+    # the product default (streamer.detection.pipeline_config decides it for the daemon and for `eval nab`)
+    pipeline: PipelineConfig = PRODUCT_PIPELINE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -143,6 +145,45 @@ def stream_corpus(series: list[Series], model: RecurrentModel, pipeline: Anomaly
     return {n: {k: np.concatenate(v) for k, v in p.items()} for n, p in parts.items()}
 
 
+def stream_served(series: list[Series], served: ServedModel, pipeline: PipelineConfig,
+                  chunk: int) -> dict[str, dict[str, Any]]:
+    """Every series through a checkpoint as `streamer serve` runs it: readings z-scored with the checkpoint's
+    training statistics, `Engine.step_grouped`, then the daemon's StreamDetectors with `pipeline`.
+
+    Returns per series: score [T] (the anomaly score of each reading), fired [T] (alert onsets), alerts (the
+    alert messages the daemon would publish, in order).
+    """
+    engine = Engine.from_model(served.model, capacity=max(1, len(series)), device="cpu")
+    cfg = served.model.config
+    detectors = StreamDetectors(cfg.n_features, cfg.heads, served.name, served.version,
+                                channel_names=list(served.channels) if served.channels else None, pipeline=pipeline)
+    if detectors.anomalies is None:
+        raise ConfigError(f"{served.name}: no forecast or reconstruction head to score (heads {list(cfg.heads)})")
+    out: dict[str, dict[str, Any]] = {s.name: {"score": [], "alerts": []} for s in series}
+    for a in range(0, max(len(s.values) for s in series), chunk):
+        now = [s for s in series if a < len(s.values)]
+        rows = [s.values[a : a + chunk].astype(np.float32).reshape(-1, cfg.n_features) for s in now]
+        offsets = np.cumsum([0, *map(len, rows)])
+        values = (np.concatenate(rows) - served.mean) / served.std
+        ts = np.concatenate([s.ts[a : a + chunk] for s in now])
+        found = detectors.step(engine.step_grouped([s.name for s in now], offsets, ts, values), engine.store)
+        for i, s in enumerate(now):
+            out[s.name]["score"].append(found.scores[offsets[i] : offsets[i + 1]])
+        for alert in found.alerts:
+            out[alert["stream"]]["alerts"].append(alert)
+    for s in series:
+        r = out[s.name]
+        r["score"] = np.concatenate(r["score"])
+        r["fired"] = _fired(s.ts, r["alerts"])
+    return out
+
+
+def _fired(ts: np.ndarray, alerts: list[dict[str, Any]]) -> np.ndarray:
+    """1.0 at the readings where an alert fired, else 0.0."""
+    onsets = {int(m["start_ts"]) for m in alerts if m["state"] == "firing"}
+    return np.isin(ts, np.array(sorted(onsets), dtype=np.int64)).astype(np.float64)
+
+
 def write_results(out_dir: Path, series: list[Series], corpus: list[ns.FileTruth], scores: list[np.ndarray],
                   detector: str = DETECTOR) -> None:
     """NAB's layout: <out>/<detector>/<category>/<detector>_<name>.csv with timestamp,value,anomaly_score,label."""
@@ -191,16 +232,25 @@ def plot_best_worst(out_dir: Path, series: list[Series], corpus: list[ns.FileTru
 
 
 def run(data_dir: Path, out_dir: Path, cfg: NabConfig | None = None, progress: bool = True,
-        plots: bool = True) -> dict[str, Any]:
-    """The whole evaluation; returns the summary written to <out>/summary.json."""
+        plots: bool = True, served: ServedModel | None = None) -> dict[str, Any]:
+    """The whole evaluation; returns the summary written to <out>/summary.json.
+
+    Without `served`, one forecaster is pre-trained on the probationary rows and streamed as described above;
+    with it, that checkpoint is streamed as the daemon serves it (`stream_served`). Either way through
+    `cfg.pipeline`, which the summary records under 'detectors' (the form of a checkpoint's metadata).
+    """
     cfg = cfg or NabConfig()
     started = time.perf_counter()
     corpus = ns.load_corpus(Path(data_dir))
     series = load_series(corpus, Path(data_dir))
-    model = pretrain(series, cfg, progress=progress)
-    t_train = time.perf_counter() - started
-    pipeline = AnomalyPipeline(1, cfg.pipeline, model=f"{cfg.family}-h{cfg.hidden}-nab", version="1")
-    res = stream_corpus(series, model, pipeline, cfg.chunk, progress=progress)
+    if served is None:
+        model = pretrain(series, cfg, progress=progress)
+        t_train = time.perf_counter() - started
+        pipeline = AnomalyPipeline(1, cfg.pipeline, model=f"{cfg.family}-h{cfg.hidden}-nab", version="1")
+        res = stream_corpus(series, model, pipeline, cfg.chunk, progress=progress)
+    else:
+        t_train = 0.0
+        res = stream_served(series, served, cfg.pipeline, cfg.chunk)
     scores = [res[s.name]["score"] for s in series]
     fired = [res[s.name]["fired"] for s in series]
     write_results(Path(out_dir), series, corpus, scores)
@@ -209,7 +259,9 @@ def run(data_dir: Path, out_dir: Path, cfg: NabConfig | None = None, progress: b
         plot_best_worst(Path(out_dir), series, corpus, scores, summary["thresholds"]["standard"])
     summary.update(files=len(series), rows=int(sum(len(s.values) for s in series)), windows=sum(
         len(t.windows) for t in corpus), pretrain_seconds=round(t_train, 2),
-        seconds=round(time.perf_counter() - started, 2), detector=DETECTOR, config=cfg.to_dict())
+        seconds=round(time.perf_counter() - started, 2), detector=DETECTOR, config=cfg.to_dict(),
+        detectors=cfg.pipeline.to_dict(), checkpoint=None if served is None else {
+            "name": served.name, "version": served.version})
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
