@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from streamer.errors import ConfigError
-from streamer.models import ModelConfig, build_model
+from streamer.models import ModelConfig, build_model, value_head
 from training import checkpoints
 from training.baselines import (
     LinearDiscriminant,
@@ -39,7 +39,7 @@ from training.fit import TrainConfig, fit
 from training.layout import Stream
 from training.reports import plot_errors, plot_events, plot_forecast, plot_losses, write_metrics
 
-SECTIONS = {"data", "split", "model", "train", "report"}
+SECTIONS = {"data", "split", "model", "train", "report", "detectors"}
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -84,6 +84,28 @@ def _load(path: str, spec: FeatureSpec, data: dict[str, Any]) -> Series:
     if len(series) != 1:
         raise ConfigError(f"{path}: {len(series)} streams; this runner trains on one stream per file")
     return series[0]
+
+
+def _detectors(section: dict[str, Any], heads: tuple[str, ...]) -> dict[str, Any] | None:
+    """The anomaly pipeline the checkpoint is to be served with: [detectors] over the product default (the
+    daemon's own STREAMER_DETECTORS__* settings still win); None for a model without a head to score."""
+    from pydantic import ValidationError
+
+    from streamer.config import DetectorsSettings
+    from streamer.detection import pipeline_config
+
+    extra = set(section) - set(DetectorsSettings.model_fields)
+    if extra:
+        raise ConfigError(f"[detectors] unknown keys {sorted(extra)}")
+    try:
+        chosen = DetectorsSettings(**section)
+    except ValidationError as exc:
+        raise ConfigError(f"[detectors]: {exc}") from exc
+    if value_head(heads) is None:
+        if section:
+            raise ConfigError(f"[detectors]: the model (heads {list(heads)}) has no forecast to score")
+        return None
+    return pipeline_config(chosen).to_dict()
 
 
 def _train_config(section: dict[str, Any], task: str, device: str | None, epochs: int | None) -> TrainConfig:
@@ -154,6 +176,7 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
                                 **mcfg)
     except TypeError as exc:
         raise ConfigError(f"[model]: {exc}") from exc
+    detectors = _detectors(cfg.get("detectors", {}), heads)
     if context and task != "forecast":
         raise ConfigError("model.context (a delay line) is for forecasting")
     if context and tc.ensemble > 1:
@@ -232,6 +255,7 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
                             "the engine serves the model unchanged"} if context else None,
         "thresholds": thresholds,
         "baselines": baselines,
+        "detectors": detectors,
         "training": {"config": asdict(tc), "history": hist.to_dict(), "source_config": str(config_path),
                      "splits": {k: [v.lo, v.hi] for k, v in sp.items()}},
         "data_fingerprint": fingerprint([sp["train"]]),
