@@ -8,6 +8,9 @@ The pipeline runs with its two optional views on (see AnomalyPipeline): the fore
 model's and the value one day earlier's (daily jobs and ramps are not anomalies), and the value's own deviation
 from the stream's running distribution is a second likelihood (spikes, level shifts); the final score is the
 larger of the two log-likelihoods.
+
+With `--checkpoint`, no model is pre-trained: the checkpoint is streamed as `streamer serve` runs it
+(`stream_served`). Either way the pipeline is the one streamer.detection.pipeline_config decides for the daemon.
 """
 
 from __future__ import annotations
