@@ -24,3 +24,7 @@ class CheckpointError(StreamerError):
 
 class StateError(StreamerError):
     """A state snapshot cannot be restored (wrong version, dtype or shape)."""
+
+
+class KafkaUnavailable(StreamerError):
+    """No broker of the configured bootstrap servers answered (in time); the message names the setting."""

@@ -29,7 +29,7 @@ from streamer.changelog import ColdStore, restore_partitions
 from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors
 from streamer.engine import Engine, initial_state_of
-from streamer.errors import CheckpointError, ConfigError, InvalidRecord
+from streamer.errors import CheckpointError, ConfigError, InvalidRecord, KafkaUnavailable
 from streamer.heap import BatchCollector
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import (
@@ -53,6 +53,7 @@ from streamer.transport import (
     next_offsets,
     partition_count,
     partition_for,
+    reachable,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker ans
 _G9 = "{:.9g}".format  # 9 significant digits; mapped, a third cheaper than an f-string in a comprehension
 _NO_EXTRA: dict = {}  # the extras of a stream without any (read only)
 LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
+STARTUP_BACKOFF_S = (0.5, 5.0)  # first and longest wait between attempts to reach the cluster at start-up
 
 
 @dataclass
@@ -112,7 +114,8 @@ class Service:
     """Consumes readings, keeps each stream's state across polls, publishes forecasts; exactly once."""
 
     def __init__(self, settings: Settings, model: RecurrentModel | None = None,
-                 metrics: Metrics | None = None, collector: BatchCollector | None = None) -> None:
+                 metrics: Metrics | None = None, collector: BatchCollector | None = None,
+                 http: HealthServer | None = None) -> None:
         self.settings = settings
         self.collector = collector  # runs the cyclic garbage collector between batches (the daemon's process)
         self.device = resolve_device(settings.engine.device)
@@ -129,7 +132,8 @@ class Service:
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.heartbeat = time.monotonic()
-        self.http: HealthServer | None = None
+        self.http = http  # the endpoints, when opened before the service (else run() opens them)
+        self._reason = "starting"  # why /readyz says not ready
         self._pending = _Pending()
         self._committer: Committer | None = None
         self._inflight: tuple[_Pending, int, float] | None = None  # the commit running: work, states, start
@@ -139,6 +143,8 @@ class Service:
         self._forecast_partitions = 1
         self._forecast_keys: dict[str, tuple[bytes, int, str]] = {}  # stream -> its forecasts' key, partition, head
         self.metrics.set_model(self.served.name, self.served.version, self.served.family)
+        if http is not None:
+            http.bind(self.alive, self.ready.is_set, self.not_ready_reason)
 
     # -- model --------------------------------------------------------------------------------------
     def _make_engine(self, served: ServedModel, store=None) -> Engine:
@@ -224,38 +230,34 @@ class Service:
                               f"the input has {n}; they must be co-partitioned")
 
     def alive(self) -> bool:
-        """/healthz: the loop turned recently."""
+        """/healthz: the loop turned recently (or, at start-up, the wait for the cluster did)."""
         return time.monotonic() - self.heartbeat < self.settings.metrics.liveness_timeout_s
 
+    def not_ready_reason(self) -> str:
+        """Why /readyz answers 503: connecting (and the last error), waiting for partitions, a Kafka failure."""
+        return self._reason
+
     def run(self) -> LoopStats:
-        """Process until stop() is called, surviving Kafka failures; returns what was done."""
-        self._prepare_topics()
-        torch.set_num_threads(self.threads)  # the daemon's process: small model calls, Kafka threads beside
+        """Open the HTTP endpoints, wait for the cluster, then process until stop() is called, surviving Kafka
+        failures; returns what was done. Raises KafkaUnavailable past STREAMER_KAFKA__STARTUP_TIMEOUT_S."""
         m = self.settings.metrics
-        if m.enabled:
-            self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set).start()
+        if m.enabled and self.http is None:
+            self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set,
+                                     self.not_ready_reason).start()
             log.info("http endpoints", extra={"host": m.host, "port": self.http.port})
         # A transaction is some five broker round trips in a row, each handled by kafka-python's network thread
         # and handed to the commit worker; while the loop processes a batch, every hand-over waits for the loop
         # to yield the interpreter. At 1 ms instead of 5 a commit took 50-60 ms instead of 65-80 (p99 110, not
         # 150-220) in the latency benchmark.
         switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(self.settings.engine.switch_interval_ms / 1000)
-        backoff = 1.0
         try:
-            while not self.stop_event.is_set():
-                try:
-                    self._serve()
-                    break
-                except KafkaError as exc:
-                    self.stats.rewinds += 1
-                    log.warning("kafka failure, rewinding to the last commit", extra={
-                        "error": repr(exc), "retry_in_s": backoff})
-                    self._rewind()
-                    self.stop_event.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+            if self._connect():
+                torch.set_num_threads(self.threads)  # the daemon's process: small model calls, Kafka threads beside
+                sys.setswitchinterval(self.settings.engine.switch_interval_ms / 1000)
+                self._sessions()
         finally:
             sys.setswitchinterval(switch_interval)
+            self._reason = "stopped"
             self._set_ready(False)
             if self.http is not None:
                 self.http.stop()
@@ -263,9 +265,97 @@ class Service:
         log.info("stopped", extra=vars(self.stats))
         return self.stats
 
+    def _connect(self) -> bool:
+        """Wait for the cluster and prepare the topics, retrying with capped exponential backoff; False if stopped.
+
+        Each attempt runs on a worker thread, so stop() is obeyed at once whatever a Kafka client blocks on, and
+        kafka-python's own logging is quieted meanwhile: one warning per failed attempt says what failed.
+        """
+        k = self.settings.kafka
+        deadline = None if k.startup_timeout_s is None else time.monotonic() + k.startup_timeout_s
+        backoff, attempt = STARTUP_BACKOFF_S[0], 0
+        self._reason = f"connecting to {k.bootstrap_servers}"
+        kafka_log = logging.getLogger("kafka")
+        level = kafka_log.level
+        kafka_log.setLevel(logging.CRITICAL)
+        try:
+            while not self.stop_event.is_set():
+                attempt += 1
+                error = self._attempt(deadline)
+                if error is None:
+                    return not self.stop_event.is_set()
+                described = str(error) if isinstance(error, KafkaError | KafkaUnavailable) else (
+                    f"{type(error).__name__}: {error}")
+                self._reason = f"connecting to {k.bootstrap_servers}: {described}"
+                log.warning("kafka not reachable at %s (%s); retrying in %gs", k.bootstrap_servers, described,
+                            backoff, extra={"bootstrap_servers": k.bootstrap_servers, "error": described,
+                                            "attempt": attempt, "retry_in_s": backoff})
+                self._wait(time.monotonic() + backoff, deadline)
+                backoff = min(backoff * 2, STARTUP_BACKOFF_S[1])
+            return False
+        finally:
+            kafka_log.setLevel(level)
+
+    def _attempt(self, deadline: float | None) -> BaseException | None:
+        """One attempt to reach the cluster and prepare the topics, on a worker thread: None when it succeeded
+        (or stop() came first), else its (retryable) failure; other failures are raised."""
+        outcome: list[BaseException | None] = []
+
+        def attempt() -> None:
+            try:
+                reachable(self.settings.kafka)
+                self._prepare_topics()
+                outcome.append(None)
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=attempt, name="streamer-connect", daemon=True)
+        worker.start()
+        self._wait(None, deadline, worker)
+        if not outcome:  # stopped while the attempt runs: it is left to finish (or not) on its own
+            return None
+        error = outcome[0]
+        if error is not None and not isinstance(error, KafkaError | KafkaUnavailable | OSError):
+            raise error
+        return error
+
+    def _wait(self, until: float | None, deadline: float | None, worker: threading.Thread | None = None) -> None:
+        """Wait until `until` (or `worker` ends), stop() or the start-up deadline (raising KafkaUnavailable),
+        keeping /healthz alive meanwhile."""
+        while not self.stop_event.is_set():
+            self.heartbeat = now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                k = self.settings.kafka
+                raise KafkaUnavailable(
+                    f"STREAMER_KAFKA__BOOTSTRAP_SERVERS: no broker of {k.bootstrap_servers} answered within "
+                    f"STREAMER_KAFKA__STARTUP_TIMEOUT_S={k.startup_timeout_s:g}s ({self._reason})")
+            if worker is not None and not worker.is_alive():
+                return
+            if until is not None and now >= until:
+                return
+            ends = [t for t in (until, deadline) if t is not None]
+            self.stop_event.wait(min([now + 0.05 if worker is not None else now + 1.0, *ends]) - now)
+
+    def _sessions(self) -> None:
+        """Sessions with the cluster until stopped: a Kafka failure rewinds to the last commit, backs off, retries."""
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            try:
+                self._serve()
+                return
+            except KafkaError as exc:
+                self.stats.rewinds += 1
+                self._reason = f"kafka failure, retrying in {backoff:g}s: {exc!r}"
+                log.warning("kafka failure, rewinding to the last commit", extra={
+                    "error": repr(exc), "retry_in_s": backoff})
+                self._rewind()
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
     def _serve(self) -> None:
         """One session with the cluster: clients, subscription, the poll-process-commit loop."""
         k, e = self.settings.kafka, self.settings.engine
+        self._reason = f"joining group {k.group_id}: waiting for partitions and their state"
         consumer = make_consumer(k)
         producer = make_producer(k, self.transactional_id() if k.exactly_once else None)
         try:
