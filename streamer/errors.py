@@ -27,4 +27,4 @@ class StateError(StreamerError):
 
 
 class KafkaUnavailable(StreamerError):
-    """No broker of the configured bootstrap servers answered (in time); the message names the setting."""
+    """The Kafka cluster is not usable (yet): no broker answers, or an input topic is missing; names the setting."""

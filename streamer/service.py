@@ -134,6 +134,7 @@ class Service:
         self.heartbeat = time.monotonic()
         self.http = http  # the endpoints, when opened before the service (else run() opens them)
         self._reason = "starting"  # why /readyz says not ready
+        self._answered = False  # a bootstrap server accepted a connection in the last start-up attempt
         self._pending = _Pending()
         self._committer: Committer | None = None
         self._inflight: tuple[_Pending, int, float] | None = None  # the commit running: work, states, start
@@ -212,9 +213,12 @@ class Service:
         """Check the inputs are co-partitioned and create missing output, dead-letter and changelog topics."""
         k = self.settings.kafka
         topics = self.input_topics()
-        if not topics:
-            raise ConfigError(f"STREAMER_KAFKA__INPUT_PATTERN: no topic matches {k.input_pattern!r}")
+        if not topics:  # retried at start-up (as a missing input topic is): the topics may come after the daemon
+            raise KafkaUnavailable(f"STREAMER_KAFKA__INPUT_PATTERN: no topic matches {k.input_pattern!r} (yet)")
         counts = {t: partition_count(k, t) for t in topics}
+        missing = sorted(t for t, n in counts.items() if n == 0)
+        if missing:
+            raise KafkaUnavailable(f"STREAMER_KAFKA__INPUT_TOPICS: {', '.join(missing)} do not exist (yet)")
         if len(set(counts.values())) != 1:
             raise ConfigError(f"STREAMER_KAFKA__INPUT_TOPICS: topics must have equal partition counts, got {counts}")
         n = next(iter(counts.values()))
@@ -286,8 +290,9 @@ class Service:
                     return not self.stop_event.is_set()
                 described = str(error) if isinstance(error, KafkaError | KafkaUnavailable) else (
                     f"{type(error).__name__}: {error}")
-                self._reason = f"connecting to {k.bootstrap_servers}: {described}"
-                log.warning("kafka not reachable at %s (%s); retrying in %gs", k.bootstrap_servers, described,
+                stage = "preparing the topics on" if self._answered else "connecting to"
+                self._reason = f"{stage} {k.bootstrap_servers}: {described}"
+                log.warning("kafka not ready at %s (%s); retrying in %gs", k.bootstrap_servers, described,
                             backoff, extra={"bootstrap_servers": k.bootstrap_servers, "error": described,
                                             "attempt": attempt, "retry_in_s": backoff})
                 self._wait(time.monotonic() + backoff, deadline)
@@ -303,7 +308,9 @@ class Service:
 
         def attempt() -> None:
             try:
+                self._answered = False
                 reachable(self.settings.kafka)
+                self._answered = True
                 self._prepare_topics()
                 outcome.append(None)
             except BaseException as exc:  # handed to the waiting thread
@@ -326,8 +333,9 @@ class Service:
             self.heartbeat = now = time.monotonic()
             if deadline is not None and now >= deadline:
                 k = self.settings.kafka
+                what = "the cluster at {} was not ready" if self._answered else "no broker of {} answered"
                 raise KafkaUnavailable(
-                    f"STREAMER_KAFKA__BOOTSTRAP_SERVERS: no broker of {k.bootstrap_servers} answered within "
+                    f"STREAMER_KAFKA__BOOTSTRAP_SERVERS: {what.format(k.bootstrap_servers)} within "
                     f"STREAMER_KAFKA__STARTUP_TIMEOUT_S={k.startup_timeout_s:g}s ({self._reason})")
             if worker is not None and not worker.is_alive():
                 return
