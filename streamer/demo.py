@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamer.config import KafkaSettings, load_settings
+from streamer.config import KafkaSettings, Settings, load_settings
 from streamer.errors import KafkaUnavailable
 from streamer.replay import load_series, replay
 from streamer.schema import forecasts_of
@@ -34,14 +34,19 @@ def await_broker(kafka: KafkaSettings, timeout_s: float) -> str | None:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: float = 300.0) -> int:
-    """Replay `files` (one stream each) through a Service and print every `every`-th output; 0 on success."""
+def demo_settings(bootstrap: str) -> Settings:
+    """The daemon's settings for one demo run: fresh topics, group and transactional id."""
     run = uuid.uuid4().hex[:8]
-    settings = load_settings(kafka={
+    return load_settings(kafka={
         "bootstrap_servers": bootstrap, "input_topics": [f"demo-readings-{run}"],
         "forecast_topic": f"demo-forecasts-{run}", "dead_letter_topic": f"demo-dead-letters-{run}",
         "group_id": f"demo-{run}", "transactional_id": f"demo-{run}",
     }, engine={"max_batch_readings": 500}, metrics={"port": 0})
+
+
+def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: float = 300.0) -> int:
+    """Replay `files` (one stream each) through a Service and print every `every`-th output; 0 on success."""
+    settings = demo_settings(bootstrap)
     k = settings.kafka
     error = await_broker(k, timeout_s)
     if error is not None:
