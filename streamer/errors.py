@@ -28,3 +28,7 @@ class StateError(StreamerError):
 
 class KafkaUnavailable(StreamerError):
     """The Kafka cluster is not usable (yet): no broker answers, or an input topic is missing; names the setting."""
+
+
+class DataError(StreamerError):
+    """A data file is missing or holds a value that cannot be read; the message names the file (and the row)."""
