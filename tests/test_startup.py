@@ -156,8 +156,7 @@ def test_a_broker_that_appears_20s_after_the_daemon_is_served(tmp_path):
     logs = LogTail(proc)
     try:
         status, body = _wait_for(lambda: _get(http_port, "/readyz"), lambda v: v is not None, timeout=30)
-        assert status == 503 and body.startswith("not ready: ")
-        assert time.monotonic() - started < 1.5
+        assert status == 503 and body.startswith("not ready: ")  # how soon: test_health_endpoints_answer_...
         assert _get(http_port, "/healthz") == (200, "ok\n")
         assert logs.wait_for(lambda e: e.get("attempt") and "refused" in e["error"], timeout=30)
         time.sleep(max(0.0, 20 - (time.monotonic() - started)))
