@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from streamer.config import load_settings
 from streamer.errors import StreamerError
@@ -17,29 +19,59 @@ from training.cli import register as register_training
 log = logging.getLogger("streamer")
 
 
+class _Signals:
+    """SIGTERM and SIGINT: the running service finishes its batch and stops; before it exists (torch and the
+    model load for seconds) the process ends at once."""
+
+    def __init__(self) -> None:
+        self.service = None
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        if self.service is None:
+            raise SystemExit(0)
+        self.service.stop()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGTERM or SIGINT."""
-    from streamer.heap import BatchCollector
-    from streamer.service import Service
+    """Run the daemon until SIGTERM or SIGINT; the HTTP endpoints open first, before torch is even imported."""
+    from streamer.metrics import HealthServer, Metrics
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     log.info("settings", extra={"settings": settings.masked()})
-    collector = BatchCollector()
-    service = Service(settings, collector=collector)
+    signals = _Signals()
+    metrics, m, http = Metrics(), settings.metrics, None
+    if m.enabled:
+        http = HealthServer(metrics, m.host, m.port, reason=lambda: "starting: loading the model").start()
+        log.info("http endpoints on %s:%d", m.host, http.port, extra={"host": m.host, "port": http.port})
+    try:
+        from streamer.heap import BatchCollector
+        from streamer.service import Service
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: finishing the current batch", signal.Signals(signum).name)
-        service.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+        collector = BatchCollector()
+        signals.service = Service(settings, collector=collector, metrics=metrics, http=http)
+    except BaseException:
+        if http is not None:
+            http.stop()
+        raise
     collector.start()
     try:
-        service.run()
+        signals.service.run()
     finally:
         collector.stop()
-    return 0
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown: unloading torch takes 1-2 s, which would delay a stop
+    past a second. The service has closed its Kafka clients, files and port by now; the logs are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

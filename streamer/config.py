@@ -64,6 +64,9 @@ class KafkaSettings(BaseModel):
     ssl_certfile: str | None = Field(default=None, description="client certificate (mutual TLS)")
     ssl_keyfile: str | None = Field(default=None, description="client private key (mutual TLS)")
     ssl_password: SecretStr | None = Field(default=None, description="password of the client key; never logged")
+    startup_timeout_s: float | None = Field(
+        default=None, gt=0, description="give up (exit non-zero) when no broker answered this long after start-up; "
+        "default: retry for ever (with capped exponential backoff; /healthz answers 200, /readyz 503 meanwhile)")
 
     changelog_segment_bytes: int = Field(
         default=16 * 2**20, ge=2**20, description="segment size of the changelog topic the daemon creates: compaction "

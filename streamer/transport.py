@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from kafka.structs import OffsetAndMetadata
 
 from streamer import record_reader
 from streamer.config import KafkaSettings
+from streamer.errors import KafkaUnavailable
 
 if TYPE_CHECKING:  # kafka-python internals, named in annotations only: the code runs where they differ
     from kafka.producer.transaction_manager import TransactionalRequestResult
@@ -57,6 +59,33 @@ def common_config(kafka: KafkaSettings) -> dict:
         if kafka.ssl_password is not None:
             cfg["ssl_password"] = kafka.ssl_password.get_secret_value()
     return cfg
+
+
+def bootstrap_addresses(kafka: KafkaSettings) -> list[tuple[str, int]]:
+    """(host, port) of every bootstrap server ("host:port", "[v6]:port"; Kafka's port 9092 when none is given)."""
+    out = []
+    for server in kafka.bootstrap_servers.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or "]" in port:  # no port ("broker" or "[::1]")
+            host, port = server.strip(), "9092"
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def reachable(kafka: KafkaSettings, timeout_s: float = 2.0) -> None:
+    """Return once a bootstrap server accepts a TCP connection; raise KafkaUnavailable with every server's error.
+
+    A cheap gate before a Kafka client is made: kafka-python's bootstrap retries an absent broker for 30 s,
+    logging an error per try, where this answers at once (refused) or after `timeout_s` (unroutable).
+    """
+    addresses, errors = bootstrap_addresses(kafka), []
+    for host, port in addresses:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return
+        except OSError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}" if len(addresses) == 1 else f"{host}:{port}: {exc}")
+    raise KafkaUnavailable("; ".join(errors))
 
 
 def make_consumer(kafka: KafkaSettings, stock_decoding: bool = False) -> KafkaConsumer:
