@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from streamer import record_reader
 from streamer.config import KafkaSettings
 from streamer.errors import StreamerError
-from streamer.transport import common_config
+from streamer.transport import client_options, common_config
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def restore_partitions(kafka: KafkaSettings, topic: str, partitions: list[int], 
     if not partitions:
         return 0
     tps = [TopicPartition(topic, p) for p in partitions]
-    consumer = KafkaConsumer(**common_config(kafka), group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed")
+    consumer = KafkaConsumer(**common_config(kafka), **client_options(kafka, "consumer"), group_id=None,
+                             enable_auto_commit=False, isolation_level="read_committed")
     record_reader.install(consumer)
     try:
         consumer.assign(tps)
