@@ -173,13 +173,20 @@ def test_json_formatter_keeps_a_traceback_on_one_line():
 
 
 def test_json_logs_make_every_line_json_uncaught_tracebacks_and_setting_errors_included(tmp_path):
-    uncaught = subprocess.run(
-        [sys.executable, "-m", "streamer.cli", "replay", str(tmp_path / "missing.csv"), "--topic", "t"],
-        env=_child_env(STREAMER_LOG_FORMAT="json"), cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert uncaught.returncode != 0
+    # A command that fails with an exception nobody catches, run as the console script runs main().
+    script = ("import sys, streamer.cli as cli\n"
+              "def broken(args):\n    raise RuntimeError('a bug\\nover two lines')\n"
+              "cli.cmd_settings = broken\n"
+              "sys.exit(cli.main(['settings']))\n")
+    uncaught = subprocess.run([sys.executable, "-c", script], env=_child_env(STREAMER_LOG_FORMAT="json"),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert uncaught.returncode == 1
     lines = [json.loads(line) for line in uncaught.stderr.splitlines()]  # fails on any line that is not JSON
     assert len(lines) == 1 and lines[0]["level"] == "critical"
-    assert "FileNotFoundError" in lines[0]["exc"] and lines[0]["exc"].startswith("Traceback")
+    assert lines[0]["exc"].startswith("Traceback") and "RuntimeError: a bug\nover two lines" in lines[0]["exc"]
+    text = subprocess.run([sys.executable, "-c", script], env=_child_env(), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert text.returncode == 1 and text.stderr.startswith("Traceback")  # text logs: Python's own traceback
     wrong = subprocess.run(
         [sys.executable, "-m", "streamer.cli", "settings"],
         env=_child_env(STREAMER_LOG_FORMAT="json", STREAMER_ENGINE__CAPACITY="-1"), cwd=tmp_path,
