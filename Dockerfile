@@ -24,7 +24,7 @@ RUN case "${TORCH_FLAVOUR}" in \
     esac \
  && /opt/streamer/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_FLAVOUR}" "torch>=2.2"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY streamer ./streamer
 COPY training ./training
 # torch is already satisfied, so pip keeps the flavour installed above and fetches the rest from PyPI.

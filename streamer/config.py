@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from streamer.cpu_quota import cpu_quota
 from streamer.errors import ConfigError
 
 RESERVED_PREFIX = "STREAMER_TEST_"  # variables of the test harness (STREAMER_TEST_BOOTSTRAP), not settings
@@ -97,6 +98,9 @@ class KafkaSettings(BaseModel):
     transactional_id: str | None = Field(
         default=None, description="stable per instance; default: <group_id>-<hostname>")
     max_record_bytes: int = Field(default=1_048_576, gt=0, description="larger input records are dead-lettered")
+    dead_letter_original_bytes: int = Field(
+        default=65_536, ge=0, le=524_288, description="bytes of a bad record kept (as base64) in its dead letter, "
+        "with the whole record's size and sha256; bounded so that a dead letter always fits a topic")
     max_partition_fetch_bytes: int = Field(
         default=4_194_304, ge=65_536, description="most bytes one fetch returns per partition; 4 MiB holds a "
         "full batch of 20k small readings, so the engine steps whole batches (Kafka's default, 1 MiB, does not)")
@@ -179,7 +183,8 @@ class EngineSettings(BaseModel):
         default=20_000, gt=0, description="records per poll and batch (capped at the capacity)")
     max_wait_ms: int = Field(default=100, ge=0, description="longest wait for a batch to fill")
     threads: int | None = Field(
-        default=None, gt=0, description="torch CPU threads; default half the cores (at least 1): the Kafka "
+        default=None, gt=0, description="torch CPU threads; default half the cores, at most the container's CPU limit "
+        "(cgroup quota), at least 1: the Kafka "
         "clients' threads and the broker need the rest, and spinning OpenMP threads on a busy core are slow")
     switch_interval_ms: float = Field(
         default=1.0, gt=0, le=100, description="Python's thread switch interval while serving "
@@ -202,6 +207,9 @@ class OutputSettings(BaseModel):
     forecast_records: Literal["batch", "input"] = Field(
         default="batch", description="batch: one forecast record per stream per batch, with a list per field "
         "(a few records for many readings); input: one per input record, mirroring its shape")
+    max_forecast_record_bytes: int = Field(
+        default=262_144, ge=1024, description="a forecast record holding more is split into several (keep it under "
+        "the forecast topic's max.message.bytes)")
     anomalies: bool = Field(
         default=True, description="score forecast errors per stream and publish anomaly alerts")
     event_on: float | None = Field(
@@ -234,6 +242,9 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9108, ge=0, le=65535, description="port of the HTTP endpoints; 0: any free port")
     liveness_timeout_s: float = Field(
         default=60.0, gt=0, description="/healthz fails when the loop has not turned for this long")
+    unhealthy_after_failed_commits: int = Field(
+        default=5, gt=0, description="/healthz fails after this many commits in a row failed (the loop keeps "
+        "retrying the same work with backoff), until one succeeds")
 
 
 class Settings(BaseSettings):
@@ -348,8 +359,8 @@ def resolve_device(choice: str) -> str:
 
 
 def resolve_threads(threads: int | None) -> int:
-    """The torch CPU thread count: the setting, or half of this machine's cores (at least 1)."""
-    return threads if threads is not None else max(1, (os.cpu_count() or 2) // 2)
+    """The torch CPU thread count: the setting, or half of this machine's cores capped by the cgroup's CPU quota."""
+    return threads if threads is not None else max(1, min((os.cpu_count() or 2) // 2, cpu_quota() or 1 << 30))
 
 
 def settings_reference() -> list[tuple[str, str, str, str]]:

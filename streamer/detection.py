@@ -26,10 +26,14 @@ SERVING_PIPELINE = PipelineConfig(dt_window=0)
 
 @dataclass
 class Messages:
-    """Alerts and events of one step, in time order per stream."""
+    """Alerts and events of one step, in time order per stream; the anomaly scoring's per-reading numbers."""
 
     alerts: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # |reading - its one-step forecast| [N, C] in the model's normalised units (NaN: no forecast yet), and the
+    # anomaly score [N] of each reading of the step (None when anomaly scoring is off)
+    errors: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 class StreamDetectors:
@@ -65,8 +69,10 @@ class StreamDetectors:
             y = results.outputs[self.forecast_head]
             one_step = y[:, 0, :] if y.ndim == 3 else y
             states = [extra.get("anomaly") or self.anomalies.init_state() for extra in extras]
+            scored: dict[str, np.ndarray] = {}
             per_stream = score_streams(self.anomalies, states, results.streams, results.offsets, results.ts,
-                                       results.values, one_step)  # values: the normalised readings the model saw
+                                       results.values, one_step, scored)  # values: the normalised readings
+            out.errors, out.scores = scored["error"], scored["score"]
             for extra, st, alerts in zip(extras, states, per_stream, strict=True):
                 extra["anomaly"] = st
                 out.alerts.extend(alerts)

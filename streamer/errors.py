@@ -24,3 +24,7 @@ class CheckpointError(StreamerError):
 
 class StateError(StreamerError):
     """A state snapshot cannot be restored (wrong version, dtype or shape)."""
+
+
+class DataError(StreamerError):
+    """A data file is missing or holds a value that cannot be read; the message names the file (and the row)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from streamer.errors import DataError
 
 
 def _use_threads(n: int | None) -> None:
@@ -14,12 +17,24 @@ def _use_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _existing(flag: str, value: str | None, folder: bool = False) -> None:
+    """Fail at once, in one line naming the option and the path, when an input is missing (before any training)."""
+    if value is None:
+        return
+    path = Path(value)
+    if not path.exists():
+        raise DataError(f"{flag} {path}: no such {'folder' if folder else 'file'}")
+    if folder and not path.is_dir():
+        raise DataError(f"{flag} {path}: a file, expected a folder")
+    if not folder and path.is_dir():
+        raise DataError(f"{flag} {path}: a folder, expected a file")
+
+
 def cmd_eval_nab(args: argparse.Namespace) -> int:
     """Stream a NAB-layout folder through the engine and detectors, write NAB results, score, plot."""
-    from pathlib import Path
-
     from streamer.evaluation import nab
 
+    _existing("--data", args.data, folder=True)
     _use_threads(args.threads)
     cfg = nab.NabConfig(epochs=args.epochs) if args.epochs is not None else nab.NabConfig()
     summary = nab.run(Path(args.data), Path(args.out), cfg, progress=not args.quiet, plots=not args.no_plots)
@@ -37,10 +52,12 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
 
 def cmd_eval_occupancy(args: argparse.Namespace) -> int:
     """Train (or load) the occupancy event model, stream the test file through the engine and events, score."""
-    from pathlib import Path
-
     from streamer.evaluation import occupancy as occ
 
+    _existing("--test", args.test)
+    _existing("--train", args.train)
+    _existing("--checkpoint", args.checkpoint, folder=True)
+    _existing("--config", args.config)
     _use_threads(args.threads)
     settings = occ.EventSettings(on=args.on, off=args.off, min_on=args.min_on, min_off=args.min_off,
                                  chunk=args.chunk, tolerance=args.tolerance)
@@ -67,10 +84,9 @@ def cmd_eval_occupancy(args: argparse.Namespace) -> int:
 
 def cmd_eval_smap(args: argparse.Namespace) -> int:
     """Telemanom's SMAP evaluation: per-channel forecasters, streamed test errors, dynamic thresholds."""
-    from pathlib import Path
-
     from streamer.evaluation import smap
 
+    _existing("--data", args.data, folder=True)
     _use_threads(args.threads)
     cfg = smap.SmapConfig(epochs=args.epochs) if args.epochs is not None else smap.SmapConfig()
     only = args.channels.split(",") if args.channels else None
@@ -86,14 +102,14 @@ def cmd_eval_smap(args: argparse.Namespace) -> int:
 
 def cmd_eval_ett(args: argparse.Namespace) -> int:
     """ETTh1 with the standard protocol: test MSE and MAE beside repeat-last-value."""
-    from pathlib import Path
-
     from streamer.evaluation import ett
 
+    _existing("--data", args.data)
+    _existing("--checkpoint", args.checkpoint, folder=True)
     _use_threads(args.threads)
     m = ett.run(Path(args.data), args.horizon, Path(args.out) if args.out else None,
                 Path(args.checkpoint) if args.checkpoint else None, args.epochs, progress=not args.quiet)
-    print(f"ETTh1 test, horizon {m['horizon']}: MSE {m['mse']:.3f} MAE {m['mae']:.3f}  "
+    print(f"{Path(args.data).stem} test, horizon {m['horizon']}: MSE {m['mse']:.3f} MAE {m['mae']:.3f}  "
           f"(repeat-last MSE {m['repeat_mse']:.3f} MAE {m['repeat_mae']:.3f}; {m['test_windows']} windows, "
           f"{m['seconds']:.1f} s)")
     if args.json:
@@ -125,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.set_defaults(func=cmd_eval_nab)
 
     o = sub.add_parser("occupancy", help="UCI Occupancy: per-minute accuracy and event onsets/offsets",
-                       description="Trains the event model on --train only (its last 15%% pick the epoch and the "
+                       description="Trains the event model on --train only (its last 15% pick the epoch and the "
                                    "threshold) or loads --checkpoint, streams --test once, in order, in chunks "
                                    "through the engine and the hysteresis event detector as the daemon does, and "
                                    "reports accuracy, onset/offset recall within +-tolerance minutes, mean delay "

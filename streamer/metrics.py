@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,15 +22,67 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from streamer.schema import DEAD_LETTER_REASONS
 
 log = logging.getLogger(__name__)
 
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _READINGS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+# |reading - forecast| in the model's normalised units (training standard deviations of the channel)
+_ABS_ERROR = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+_SCORE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+SEVERITIES = ("warning", "critical")  # what streamer.detectors.alerts.AlertLifecycle puts in an alert
+
+
+class ArrayHistogram:
+    """A histogram with one label, observed a whole array at a time: a numpy bucketing per step instead of a
+    locked observe() per reading (a batch holds up to tens of thousands of readings)."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[str, list[Any]] = {}  # label value -> [bucket counts (not cumulative) + +Inf, sum]
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, value: str) -> None:
+        """Create the series of `value` (zero observations), so that it is exported before the first one."""
+        with self._lock:
+            self._series.setdefault(value, [np.zeros(len(self.bounds) + 1, dtype=np.int64), 0.0])
+
+    def observe_many(self, value: str, samples: np.ndarray) -> None:
+        """Observe every finite number of `samples` (any shape) in the series of label value `value`."""
+        x = np.asarray(samples, dtype=np.float64).ravel()
+        x = x[np.isfinite(x)]
+        counts = np.bincount(np.searchsorted(self.bounds, x, side="left"), minlength=len(self.bounds) + 1)
+        total = float(x.sum())
+        self.labels(value)
+        with self._lock:
+            series = self._series[value]
+            series[0] += counts
+            series[1] += total
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        """The family, without samples (for the registry's check of duplicate names)."""
+        yield HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """The family with a cumulative histogram per label value."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        with self._lock:
+            series = [(k, c.copy(), s) for k, (c, s) in self._series.items()]
+        for value, counts, total in series:
+            cum = np.cumsum(counts).tolist()
+            bounds = [*(repr(float(b)) for b in self.bounds), "+Inf"]
+            family.add_metric([value], list(zip(bounds, cum, strict=True)), total)
+        yield family
 
 
 class Metrics:
@@ -60,6 +114,9 @@ class Metrics:
                                         registry=r)
         self.commit_failures = Counter("streamer_commit_failures_total",
                                        "Commits that failed (the work is redone from the last commit)", registry=r)
+        self.failed_commits_in_row = Gauge(
+            "streamer_failed_commits_in_row", "Commits that failed since the last one that succeeded (/healthz "
+            "fails at STREAMER_METRICS__UNHEALTHY_AFTER_FAILED_COMMITS)", registry=r)
         self.active_streams = Gauge("streamer_active_streams", "Streams resident in the state store", registry=r)
         self.evictions = Counter("streamer_evictions_total", "Streams evicted from the state store", registry=r)
         self.restored = Counter("streamer_restored_records_total", "Changelog records read while restoring state",
@@ -73,8 +130,25 @@ class Metrics:
         self.ready = Gauge("streamer_ready", "1 when partitions are assigned, state restored and a model loaded",
                            registry=r)
         self.alerts_firing = Gauge("streamer_alerts_firing", "Anomaly alerts currently firing", registry=r)
+        # Model health: how far each reading was from the forecast made for it, how surprising it was, what fired.
+        self.forecast_error = ArrayHistogram(
+            "streamer_forecast_absolute_error", "|reading - its one-step forecast| per channel, in training "
+            "standard deviations (readings scored for anomalies), by model version", "version", _ABS_ERROR, r)
+        self.anomaly_score = ArrayHistogram("streamer_anomaly_score", "Anomaly score of each scored reading (0-1), "
+                                            "by model version", "version", _SCORE, r)
+        self.alerts_fired = Counter("streamer_alerts_fired_total", "Anomaly alerts opened, by severity",
+                                    ["severity"], registry=r)
+        self.reload_attempts = Counter("streamer_model_reload_attempts_total",
+                                       "Loads tried of a new checkpoint found at the checkpoint path", registry=r)
+        self.reload_failures = Counter("streamer_model_reload_failures_total",
+                                       "New checkpoints that could not be loaded or served (the old model stays)",
+                                       registry=r)
+        for severity in SEVERITIES:
+            self.alerts_fired.labels(severity)
         for kind in ("forecast", "alert", "event", "state", "dead_letter"):
             self.outputs.labels(kind)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
         for kind in ("late", "duplicate"):
             self.out_of_order.labels(kind)
         for event in ("assigned", "revoked"):
@@ -84,6 +158,19 @@ class Metrics:
         """Record the served model, replacing the previous one."""
         self.model_info.clear()
         self.model_info.labels(name, version, family).set(1)
+        self.forecast_error.labels(version)
+        self.anomaly_score.labels(version)
+
+    def observe_model_health(self, version: str, errors: np.ndarray | None, scores: np.ndarray | None,
+                             alerts: list[dict[str, Any]]) -> None:
+        """One step's forecast errors and anomaly scores (of model `version`) and the alerts it opened."""
+        if errors is not None:
+            self.forecast_error.observe_many(version, errors)
+        if scores is not None:
+            self.anomaly_score.observe_many(version, scores)
+        for a in alerts:
+            if a["state"] == "firing":
+                self.alerts_fired.labels(a["severity"]).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

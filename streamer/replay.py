@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from kafka import KafkaProducer
 
+from streamer.errors import DataError
 from streamer.schema import encode
 
 
@@ -25,20 +26,48 @@ def _parse_ts(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def _parse_row(path: Path, line: int, header: list[str], row: list[str]) -> tuple[int, list[float]]:
+    """One CSV row's timestamp and values, or a DataError naming the file, the line and the column."""
+    if len(row) != len(header):
+        raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
+    try:
+        ts = _parse_ts(row[0])
+    except ValueError:
+        raise DataError(f"{path}, line {line}: timestamp {row[0]!r} is neither an integer nor ISO 8601") from None
+    values = []
+    for name, text in zip(header[1:], row[1:], strict=True):
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise DataError(f"{path}, line {line}, column {name!r}: {text!r} is not a number") from None
+    return ts, values
+
+
 def load_series(path: Path, stream: str | None = None, start_ms: int = 1_420_070_400_000,
                 step_ms: int = 60_000) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
     """Read one stream: a CSV (timestamp column first, numeric channels after) or a NumPy .npy array [n, F]
     (rows stamped start_ms + i * step_ms, as the SMAP arrays carry no time); (stream, ts, values, channels)."""
     if Path(path).suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)  # never unpickle: a data file must not run code
+        try:
+            arr = np.load(path, allow_pickle=False)  # never unpickle: a data file must not run code
+        except OSError as exc:
+            raise DataError(f"{path}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # an object array (pickled) or a file that is not .npy
+            raise DataError(f"{path}: not a numeric .npy array: {exc}") from None
         arr = arr.reshape(len(arr), -1).astype(np.float32)
         ts = start_ms + step_ms * np.arange(len(arr), dtype=np.int64)
         return stream or Path(path).stem, ts, arr, [f"c{i}" for i in range(arr.shape[1])]
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], [r for r in rows[1:] if r]
-    ts = np.array([_parse_ts(r[0]) for r in body], dtype=np.int64)
-    values = np.array([[float(x) for x in r[1:]] for r in body], dtype=np.float32)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: empty file (expected a header: timestamp, then channels)")
+            parsed = [_parse_row(Path(path), reader.line_num, header, r) for r in reader if r]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    ts = np.array([t for t, _ in parsed], dtype=np.int64)
+    values = np.array([v for _, v in parsed], dtype=np.float32).reshape(len(parsed), len(header) - 1)
     return stream or Path(path).stem, ts, values, header[1:]
 
 

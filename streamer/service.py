@@ -10,6 +10,7 @@ loop rewinds to the last commit, backs off, reconnects and restores.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import json
 import logging
@@ -61,6 +62,7 @@ LAG_EVERY_S = 2.0
 TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker answers it at once when data waits)
 _G9 = "{:.9g}".format  # 9 significant digits; mapped, a third cheaper than an f-string in a comprehension
 _NO_EXTRA: dict = {}  # the extras of a stream without any (read only)
+MAX_DEAD_LETTER_KEY = 1024  # a longer input key is replaced by its sha256 in the dead letter, which must fit
 LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
 
 
@@ -94,6 +96,12 @@ class _Pending:
 
     def __bool__(self) -> bool:
         return bool(self.records or self.offsets)
+
+
+def _pieces(first: int, stop: int, every: int, per_record: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive slices of range(first, stop, every) with at most `per_record` items each."""
+    step = every * per_record
+    return [(lo, min(stop, lo + step)) for lo in range(first, stop, step)]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -131,6 +139,7 @@ class Service:
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.heartbeat = time.monotonic()
+        self.failed_commits_in_row = 0
         self.http: HealthServer | None = None
         self._pending = _Pending()
         self._committer: Committer | None = None
@@ -168,9 +177,11 @@ class Service:
         path = self.settings.model.checkpoint
         if not path or checkpoint_signature(path) in (None, self.served.signature):
             return
+        self.metrics.reload_attempts.inc()
         try:
             new = check_servable(load_checkpoint(path, self.device), self.settings)
         except (CheckpointError, ConfigError, OSError) as exc:  # e.g. caught mid-write: try again next interval
+            self.metrics.reload_failures.inc()
             log.warning("new checkpoint not loaded: %s", exc)
             return
         self._commit(wait=True)  # the outputs so far belong to the old model
@@ -229,8 +240,10 @@ class Service:
                               f"the input has {n}; they must be co-partitioned")
 
     def alive(self) -> bool:
-        """/healthz: the loop turned recently."""
-        return time.monotonic() - self.heartbeat < self.settings.metrics.liveness_timeout_s
+        """/healthz: the loop turned recently and its commits are not failing over and over."""
+        m = self.settings.metrics
+        return (time.monotonic() - self.heartbeat < m.liveness_timeout_s
+                and self.failed_commits_in_row < m.unhealthy_after_failed_commits)
 
     def run(self) -> LoopStats:
         """Process until stop() is called, surviving Kafka failures; returns what was done."""
@@ -481,8 +494,9 @@ class Service:
         p.stamps.extend(r.timestamp for r in records[::step] if r.timestamp is not None and r.timestamp >= 0)
 
         def reject(r, reason: str, detail: str) -> None:
-            p.records.append(OutRecord(k.dead_letter_topic, r.key, dead_letter(
-                r.value, reason, detail, r.topic, r.partition, r.offset)))
+            key = r.key if r.key is None or len(r.key) <= MAX_DEAD_LETTER_KEY else hashlib.sha256(r.key).digest()
+            p.records.append(OutRecord(k.dead_letter_topic, key, dead_letter(
+                r.value, reason, detail, r.topic, r.partition, r.offset, k.dead_letter_original_bytes)))
             p.reasons[reason] += 1
 
         decoded = []
@@ -496,6 +510,9 @@ class Service:
                     raise InvalidRecord("key_mismatch", f"key {key!r} differs from stream {stream!r}")
             except InvalidRecord as exc:
                 reject(r, exc.reason, exc.detail)
+                continue
+            except Exception as exc:  # noqa: BLE001 (a poison record costs one dead letter, whatever it raises)
+                reject(r, "undecodable", f"{type(exc).__name__}: {exc}")
                 continue
             append((r, stream, ts, rows, is_chunk))
             partition_of[stream] = r.partition
@@ -544,11 +561,23 @@ class Service:
         self._queue_forecasts(results, records_of)
         if self.detectors.active:
             found = self.detectors.step(results, store)
+            self.metrics.observe_model_health(served.version, found.errors, found.scores, found.alerts)
             self._queue_messages(found.alerts, k.alert_topic, "alert")
             self._queue_messages(found.events, k.event_topic, "event")
+        self._advance_streams(results)
         for s in results.streams:
             p.changed[s] = self.partition_of[s]
         p.readings += n_readings
+
+    def _advance_streams(self, results) -> None:
+        """Each stepped stream's reading count and last timestamp, which the order check and the forecast cadence
+        read, whatever outputs the model has."""
+        extra_for, ts = self.engine.store.extra_for, results.ts
+        offsets = results.offsets.tolist()
+        for stream, a, b in zip(results.streams, offsets[:-1], offsets[1:], strict=True):
+            extra = extra_for(stream)
+            extra["n"] = extra.get("n", 0) + b - a
+            extra["ts"] = int(ts[b - 1])
 
     def _queue_forecasts(self, results, records_of: dict[str, list[tuple[int, bool]]]) -> None:
         """Forecasts on the cadence (every forecast_every-th reading of a stream), one record per stream per
@@ -601,6 +630,9 @@ class Service:
             def one(j: int) -> str:
                 return json.dumps(json_safe(rows[j]))
         topic, n_parts, out, kinds = k.forecast_topic, self._forecast_partitions, p.records, p.kinds
+        # Forecasts per record, so that one stream's batch (a chunk of 50k readings, say) never makes a record
+        # the topic refuses: a refused record would fail every retry of the same work.
+        per_record = max(1, self.settings.output.max_forecast_record_bytes // (n_values * 16 + 48))
         if not by_input:  # one record per stream and batch: the hot path, without per-record spans
             extra_for, keys, append = store.extra_for, self._forecast_keys, out.append
             published = 0
@@ -610,12 +642,11 @@ class Service:
                 first = a + (every - seen % every) - 1  # its first reading on the cadence
                 if first < b:
                     key, part, head = keys.get(stream) or self._forecast_key(stream, n_parts)
-                    ns = list(range(seen + first - a + 1, seen + b - a + 1, every))
-                    value = f'{head}{ts_all[first:b:every]},"n":{ns},"forecast":{many(slice(first, b, every))}{tail}'
-                    append(OutRecord(topic, key, value.encode(), part))
-                    published += 1
-                extra["n"] = seen + b - a
-                extra["ts"] = ts_all[b - 1]
+                    for lo, hi in _pieces(first, b, every, per_record):
+                        ns = list(range(seen + lo - a + 1, seen + hi - a + 1, every))
+                        value = f'{head}{ts_all[lo:hi:every]},"n":{ns},"forecast":{many(slice(lo, hi, every))}{tail}'
+                        append(OutRecord(topic, key, value.encode(), part))
+                        published += 1
             kinds["forecast"] += published
             return
         for i, stream in enumerate(results.streams):
@@ -636,17 +667,17 @@ class Service:
                 if key is None:  # once per stream, not per record
                     key, part, head = self._forecast_key(stream, n_parts)
                 if as_list:
-                    first, stop = picks.start, picks.stop
-                    ns = range(seen + first - a + 1, seen + stop - a + 1, every)
-                    value = (f'{head}{ts_all[first:stop:every]},"n":{list(ns)},'
-                             f'"forecast":{many(slice(first, stop, every))}{tail}')
+                    for lo, hi in _pieces(picks.start, picks.stop, every, per_record):
+                        ns = range(seen + lo - a + 1, seen + hi - a + 1, every)
+                        value = (f'{head}{ts_all[lo:hi:every]},"n":{list(ns)},'
+                                 f'"forecast":{many(slice(lo, hi, every))}{tail}')
+                        out.append(OutRecord(topic, key, value.encode(), part))
+                        kinds["forecast"] += 1
                 else:
                     j = picks[0]
                     value = f'{head}{ts_all[j]},"n":{seen + j - a + 1},"forecast":{one(j)}{tail}'
-                out.append(OutRecord(topic, key, value.encode(), part))
-                kinds["forecast"] += 1
-            extra["n"] = seen + b - a
-            extra["ts"] = ts_all[b - 1]
+                    out.append(OutRecord(topic, key, value.encode(), part))
+                    kinds["forecast"] += 1
 
     def _forecast_key(self, stream: str, n_parts: int) -> tuple[bytes, int, str]:
         """A stream's forecast record key, partition and JSON head; remembered (murmur2 and json.dumps cost
@@ -700,6 +731,17 @@ class Service:
         if wait:
             self._settle()
 
+    def _commit_failed(self, exc: BaseException) -> None:
+        """Count a failed commit; past the configured number in a row the instance reports itself unhealthy."""
+        self.failed_commits_in_row += 1
+        self.metrics.commit_failures.inc()
+        self.metrics.failed_commits_in_row.set(self.failed_commits_in_row)
+        limit = self.settings.metrics.unhealthy_after_failed_commits
+        if self.failed_commits_in_row == limit:
+            log.error("commits keep failing on the same work: /healthz reports unhealthy until one succeeds", extra={
+                "failed_commits_in_row": self.failed_commits_in_row, "error": repr(exc),
+                "setting": "STREAMER_METRICS__UNHEALTHY_AFTER_FAILED_COMMITS"})
+
     def _settle(self) -> None:
         """Wait for the commit in flight (raising its failure) and count what it published."""
         if self._inflight is None or self._committer is None:
@@ -708,9 +750,11 @@ class Service:
         self._inflight = None
         try:
             self._committer.wait()
-        except Exception:
-            self.metrics.commit_failures.inc()
+        except Exception as exc:
+            self._commit_failed(exc)
             raise
+        self.failed_commits_in_row = 0
+        self.metrics.failed_commits_in_row.set(0)
         done = time.time()
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 
 from streamer.schema import forecasts_of
 
@@ -113,3 +114,43 @@ def as_records(bodies: list[dict], timestamp: int = 1_700_000_000_000) -> list:
 
     return [SimpleNamespace(value=json.dumps(b).encode(), key=b["stream"].encode(), topic="in", partition=0,
                             offset=i, timestamp=timestamp) for i, b in enumerate(bodies)]
+
+
+def send_records(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Produce (key, value) records in order, allowing values of up to 4 MiB."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=4 << 20)
+    for key, value in records:
+        producer.send(topic, key=key, value=value)
+    producer.close()
+
+
+def assert_same_forecasts(got: list[dict], want: list[dict]) -> None:
+    """The same streams with the same (ts, n) forecasts in order, the values within float32 rounding."""
+    import numpy as np
+
+    def by_stream(outputs: list[dict]) -> dict[str, list[tuple]]:
+        out: dict[str, list[tuple]] = {}
+        for o in outputs:
+            out.setdefault(o["stream"], []).append((o["ts"], o["n"], o["forecast"]))
+        return out
+
+    g, w = by_stream(got), by_stream(want)
+    assert sorted(g) == sorted(w)
+    for s in w:
+        assert [x[:2] for x in g[s]] == [x[:2] for x in w[s]], s
+        np.testing.assert_allclose([x[2] for x in g[s]], [x[2] for x in w[s]], atol=1e-5)
+
+
+def serve_until(env: dict, bootstrap: str, topics: list[str], want: int, timeout: float = 180) -> dict[str, list]:
+    """Run `streamer serve` until `want` records are on `topics` (plus a wait for any extra), then SIGTERM."""
+    proc = start_serve(env)
+    tail = LogTail(proc)
+    try:
+        got = collect(bootstrap, topics, want, timeout=timeout, proc=proc)
+        assert proc.poll() is None, "".join(tail.text)[-3000:]
+        got = collect(bootstrap, topics, want + 1, timeout=3)  # a duplicate would show up now
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        tail.finish(timeout=60)
+    assert proc.returncode == 0, "".join(tail.text)[-3000:]
+    return got

@@ -67,13 +67,19 @@ CONTRACT = {
     "streamer_ready": "gauge",
     "streamer_out_of_order_readings": "counter",
     "streamer_alerts_firing": "gauge",
+    # model health (issue 20)
+    "streamer_forecast_absolute_error": "histogram",
+    "streamer_anomaly_score": "histogram",
+    "streamer_alerts_fired": "counter",
+    "streamer_model_reload_attempts": "counter",
+    "streamer_model_reload_failures": "counter",
     "process_start_time_seconds": "gauge",
     "process_resident_memory_bytes": "gauge",
 }
 # Series Prometheus makes itself, not the exporter.
 SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds", "scrape_samples_scraped"}
 REQUIRED_ALERTS = {"StreamerConsumerLagGrowing", "StreamerDeadLetterRate", "StreamerNoInput", "StreamerNotReady",
-                   "StreamerRestarting", "StreamerCommitFailures"}
+                   "StreamerRestarting", "StreamerCommitFailures", "StreamerAbsent", "StreamerModelReloadFailing"}
 
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -343,7 +349,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     tool = _promtool()
     exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", []) if t.get("expr")]
     assert exprs
-    subst = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+    subst = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$job": "streamer", "$instance": ".*"}
     recorded = []
     for i, e in enumerate(exprs):
         for k, v in subst.items():
@@ -387,10 +393,13 @@ def test_dashboard_structure_and_provisioning():
             continue
         assert p["targets"], p["title"]
         for ds in [p.get("datasource")] + [t.get("datasource") for t in p["targets"]]:
-            assert ds == {"type": "prometheus", "uid": uid}, f"panel {p['title']!r} uses data source {ds}"
+            assert ds == {"type": "prometheus", "uid": "${datasource}"}, f"panel {p['title']!r} uses data source {ds}"
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == uid, "the provisioned data source is the default"
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("throughput", "lag", "latency", "batch", "step", "active streams", "evictions", "dead letters",
-                  "alerts firing", "restores", "rebalances", "model"):
+                  "alerts firing", "restores", "rebalances", "model", "forecast absolute error", "anomaly score",
+                  "fired by severity", "reloads"):
         assert topic in titles, f"no dashboard panel about {topic}"
     quantiles = [e for e in referenced_exprs().values() if "histogram_quantile" in e and "latency" in e]
     assert len(quantiles) >= 3, "latency percentiles need histogram_quantile"
@@ -400,6 +409,29 @@ def test_dashboard_structure_and_provisioning():
     mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("./"))
     assert mounts["./grafana/dashboards"] == provider
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+def test_dashboard_has_datasource_job_and_instance_variables():
+    """Every streamer query is scoped to the chosen job and instances, through the chosen data source."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    job, instance = variables["job"], variables["instance"]
+    for var in (job, instance):
+        assert var["type"] == "query" and var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
+        assert m and m.group(2) == var["name"], var["query"]
+        assert promql_metric_names(m.group(1)) <= sample_names(CONTRACT) | SYNTHETIC, m.group(1)
+    assert job["current"]["value"] == "streamer", "the job the rules select"
+    assert '$job' in instance["query"]["query"], "instances of the chosen job"
+    assert instance["multi"] and instance["includeAll"] and instance["allValue"] == ".*"
+    for place, expr in referenced_exprs().items():
+        if not place.startswith("panel"):
+            continue
+        s = re.sub(r"\[[^\]]*\]", "", expr)
+        for m in re.finditer(r"(?<![\w.$])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(\{[^}]*\})?(?!\s*\()", s):
+            if m.group(1) in promql_metric_names(expr) and m.group(1) != "ALERTS":
+                sel = m.group(2) or ""
+                assert 'job="$job"' in sel and 'instance=~"$instance"' in sel, f"{place}: {m.group(0)}"
 
 
 # -- the image -------------------------------------------------------------------------------------------------
@@ -731,7 +763,7 @@ def test_k8s_files_parse_and_kustomizations_list_existing_files():
 
 def test_k8s_base_is_consistent():
     res = base_resources()
-    dep = res[("Deployment", "streamer")]
+    dep = res[("StatefulSet", "streamer")]
     svc = res[("Service", "streamer")]
     mon = res[("ServiceMonitor", "streamer")]
     pdb = res[("PodDisruptionBudget", "streamer")]
@@ -766,10 +798,80 @@ def test_k8s_base_is_consistent():
     assert set(cm["data"]) <= known, set(cm["data"]) - known
     assert set(secret.get("stringData") or {}) | set(secret.get("data") or {}) <= known
     assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable")
+    assert dep["spec"]["serviceName"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None", \
+        "the StatefulSet's governing Service is the headless metrics Service"
+
+
+def _env_of(container: dict) -> dict[str, dict]:
+    """name -> the env entry, checking that each $(VAR) refers to a variable defined before it (Kubernetes
+    expands only those, and leaves any other reference as literal text)."""
+    out: dict[str, dict] = {}
+    for e in container.get("env", []):
+        for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+            assert ref in out, f"{e['name']} refers to $({ref}), which is not defined before it"
+        out[e["name"]] = e
+    return out
+
+
+def test_k8s_statefulset_gives_each_replica_stable_kafka_ids():
+    """Stable pod names -> stable transactional and static-membership ids (fencing, no rebalance on restart)."""
+    sts = base_resources()[("StatefulSet", "streamer")]
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    env = _env_of(c)
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    for name in ("STREAMER_KAFKA__TRANSACTIONAL_ID", "STREAMER_KAFKA__INSTANCE_ID"):
+        assert "$(POD_NAME)" in env[name]["value"], name
+        assert name in settings_rows()
+        for ref in re.findall(r"\$\((\w+)\)", env[name]["value"]):
+            assert "fieldRef" in env[ref]["valueFrom"], f"{name}: $({ref}) must come from the downward API"
+    assert set(env) & set(base_resources()[("ConfigMap", "streamer-config")]["data"]) == set(), \
+        "per-pod ids must not also be in the shared ConfigMap"
+    assert sts["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    from streamer.config import load_settings
+
+    settings = load_settings(kafka={"transactional_id": "streamer.streamer-0", "instance_id": "streamer.streamer-0"})
+    assert settings.kafka.instance_id == "streamer.streamer-0"
+
+
+def test_k8s_models_come_from_a_volume_a_user_fills():
+    """The checkpoint the ConfigMap names is on a PersistentVolumeClaim of the base, never an emptyDir."""
+    res = base_resources()
+    sts = res[("StatefulSet", "streamer")]
+    spec = sts["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    ckpt = res[("ConfigMap", "streamer-config")]["data"]["STREAMER_MODEL__CHECKPOINT"]
+    mount = next(m for m in c["volumeMounts"] if ckpt.startswith(m["mountPath"].rstrip("/") + "/"))
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" not in volume, "an empty volume would let the daemon fail or serve nothing useful"
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    pvc = res[("PersistentVolumeClaim", claim)]
+    assert pvc["spec"]["resources"]["requests"]["storage"] and pvc["spec"]["accessModes"]
+    # `streamer train --out <the mount>` writes <the mount>/checkpoint: the folder the ConfigMap names.
+    assert ckpt == mount["mountPath"].rstrip("/") + "/checkpoint"
+
+
+def test_k8s_cpu_limit_sizes_torch_threads():
+    (c,) = base_resources()[("StatefulSet", "streamer")]["spec"]["template"]["spec"]["containers"]
+    assert "STREAMER_ENGINE__THREADS" not in base_resources()[("ConfigMap", "streamer-config")]["data"]
+    limit = c["resources"]["limits"]["cpu"]
+    assert float(limit) >= float(c["resources"]["requests"]["cpu"])
+
+
+def test_k8s_prometheus_rule_holds_the_alert_rules():
+    """The PrometheusRule beside the ServiceMonitor carries exactly the groups of deploy/prometheus/rules.yml."""
+    res = base_resources()
+    rule = res[("PrometheusRule", "streamer")]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"], \
+        "deploy/k8s/base/prometheusrule.yaml differs from deploy/prometheus/rules.yml"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert re.fullmatch(r'absent\(up\{job="streamer"\}\)', alerts["StreamerAbsent"]["expr"].strip())
 
 
 def test_k8s_gpu_overlay_requests_a_gpu():
-    patch = yaml.safe_load((K8S_GPU / "deployment-gpu.yaml").read_text())
+    patch = yaml.safe_load((K8S_GPU / "statefulset-gpu.yaml").read_text())
+    assert patch["kind"] == "StatefulSet" and patch["metadata"]["name"] == "streamer"
     (c,) = patch["spec"]["template"]["spec"]["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     cm = yaml.safe_load((K8S_GPU / "configmap-gpu.yaml").read_text())
@@ -823,6 +925,45 @@ _SERVICE_MONITOR_SCHEMA = {
 }
 
 
+_RULE = {"type": "object", "additionalProperties": False, "properties": {
+    "alert": {"type": "string"}, "record": {"type": "string"},
+    "expr": {"type": "string", "minLength": 1}, "for": {"type": "string"}, "keep_firing_for": {"type": "string"},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "annotations": {"type": "object", "additionalProperties": {"type": "string"}}},
+    "required": ["expr"], "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}
+# monitoring.coreos.com/v1 PrometheusRule, abridged to the fields the manifests use.
+_PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"], "properties": {
+                    "name": {"type": "string"}, "interval": {"type": "string"},
+                    "rules": {"type": "array", "items": _RULE}}}}}},
+    },
+}
+
+
+@pytest.mark.parametrize("overlay", [K8S_BASE, K8S_GPU], ids=["base", "gpu"])
+def test_k8s_kustomize_renders_the_statefulset(overlay):
+    """`kubectl kustomize` renders a StatefulSet with its Service, models claim and PrometheusRule."""
+    docs = _kustomize(overlay)
+    by_kind = {d["kind"]: d for d in docs}
+    sts, svc = by_kind["StatefulSet"], by_kind["Service"]
+    assert "Deployment" not in by_kind
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in sts["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert claims == {by_kind["PersistentVolumeClaim"]["metadata"]["name"]}
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    assert {"POD_NAME", "STREAMER_KAFKA__TRANSACTIONAL_ID", "STREAMER_KAFKA__INSTANCE_ID"} <= set(_env_of(c))
+    assert by_kind["PrometheusRule"]["metadata"]["namespace"] == sts["metadata"]["namespace"] == "streamer"
+
+
 @pytest.mark.parametrize("overlay", [K8S_BASE, K8S_GPU], ids=["base", "gpu"])
 def test_k8s_rendered_manifests_pass_schema_validation(overlay):
     validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
@@ -830,16 +971,18 @@ def test_k8s_rendered_manifests_pass_schema_validation(overlay):
 
     docs = _kustomize(overlay)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "ConfigMap", "Secret", "Service", "ServiceMonitor", "PodDisruptionBudget"} <= kinds
+    assert {"StatefulSet", "ConfigMap", "Secret", "Service", "ServiceMonitor", "PodDisruptionBudget",
+            "PersistentVolumeClaim", "PrometheusRule"} <= kinds
     versions = sorted({tuple(map(int, v.split("."))) for v in validate.utils.all_versions()})
     versions = [".".join(map(str, v)) for v in versions if v >= (1, 29)]
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
-            jsonschema.validate(doc, _SERVICE_MONITOR_SCHEMA)
+        if doc["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            jsonschema.validate(doc, _SERVICE_MONITOR_SCHEMA if doc["kind"] == "ServiceMonitor"
+                                else _PROMETHEUS_RULE_SCHEMA)
             continue
         for version in (versions[0], versions[-1]):
             validate.validate(doc, version, strict=True)
-    dep = next(d for d in docs if d["kind"] == "Deployment")
+    dep = next(d for d in docs if d["kind"] == "StatefulSet")
     svc = next(d for d in docs if d["kind"] == "Service")
     mon = next(d for d in docs if d["kind"] == "ServiceMonitor")
     assert mon["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
@@ -854,3 +997,74 @@ def test_k8s_rendered_manifests_pass_schema_validation(overlay):
         cm = next(d for d in docs if d["kind"] == "ConfigMap")
         assert cm["data"]["STREAMER_ENGINE__DEVICE"] == "cuda"
         assert cm["data"]["STREAMER_KAFKA__BOOTSTRAP_SERVERS"], "the base's settings survive the patch"
+
+
+# -- the docker example of docs/operations.md ----------------------------------------------------------------
+_TINY_TRAIN_TOML = """
+[data]
+path = "{path}"
+time_column = "date"
+numeric = ["HUFL", "OT"]
+[split.rows]
+train = [0, 300]
+val = [300, 400]
+test = [400, 500]
+[model]
+family = "gru"
+hidden = 4
+[train]
+epochs = 1
+batch = 4
+tbptt = 16
+"""
+
+
+def docker_run_example() -> tuple[dict[str, str], dict[str, str]]:
+    """(host path -> container path, environment) of the `docker run` example in docs/operations.md."""
+    import shlex
+
+    blocks = re.findall(r"```sh\n(.*?)```", OPERATIONS.read_text(), re.S)
+    (block,) = [b for b in blocks if "docker run" in b and " -v " in b]
+    argv = shlex.split(block.replace("\\\n", " "))
+    mounts, env = {}, {}
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "-v":
+            host, container = value.split(":")[:2]
+            mounts[host] = container
+        elif flag == "-e":
+            key, _, val = value.partition("=")
+            env[key] = val
+    return mounts, env
+
+
+def test_docker_example_serves_a_checkpoint_as_streamer_train_writes_it(tmp_path, monkeypatch):
+    """The settings of the `docker run` example, with its volume mapped onto a real `streamer train --out` run,
+    load and pass the checks of the daemon's start-up (Service builds the model through served_model)."""
+    from streamer.cli import main
+    from streamer.service import Service
+
+    mounts, env = docker_run_example()
+    ckpt_env = env["STREAMER_MODEL__CHECKPOINT"]
+    ((host, container),) = mounts.items()
+    assert ckpt_env == container or ckpt_env.startswith(container.rstrip("/") + "/")
+    assert host.startswith("$PWD/"), host
+    out = tmp_path / re.fullmatch(r"\$PWD/(.+)/checkpoint", host).group(1)  # the --out of `streamer train`
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(_TINY_TRAIN_TOML.format(path=ROOT / "data" / "ett" / "ETTh1.csv"))
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
+    host_path = Path(host.replace("$PWD", str(tmp_path)))
+    assert host_path.is_dir(), f"the example mounts {host}, which `streamer train --out {out.name}` did not write"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("STREAMER_MODEL__CHECKPOINT", str(host_path) + ckpt_env[len(container):])
+    monkeypatch.setenv("STREAMER_ENGINE__DEVICE", "cpu")
+    from streamer.config import load_settings
+
+    service = Service(load_settings())
+    meta = json.loads((host_path / "meta.json").read_text())
+    assert service.served.channels == ("HUFL", "OT") and service.served.version == meta["weights_sha256"][:12]
+    # The derived-image example copies the same folder to the same place.
+    dockerfile = re.search(r"```dockerfile\n(.*?)```", OPERATIONS.read_text(), re.S).group(1)
+    copy = re.search(r"^COPY (\S+) (\S+)$", dockerfile, re.M)
+    assert copy.group(1).rstrip("/") == host.removeprefix("$PWD/") and copy.group(2).rstrip("/") == container
+    assert f"ENV STREAMER_MODEL__CHECKPOINT={ckpt_env}" in dockerfile

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -43,10 +44,15 @@ def test_eval_ett_with_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     checkpoints.save(tmp_path / "ckpt", model, {"features": FeatureSpec(ett.CHANNELS).to_dict(),
                                                  "normalization": norm.to_dict(), "horizon": 96})
     out = tmp_path / "out"
-    args = parse(["eval", "ett", "--data", str(ETTH1), "--horizon", "96", "--checkpoint", str(tmp_path / "ckpt"),
+    data = tmp_path / "transformer_2.csv"  # ETTh1 under another name: the report names the file it scored
+    shutil.copyfile(ETTH1, data)
+    args = parse(["eval", "ett", "--data", str(data), "--horizon", "96", "--checkpoint", str(tmp_path / "ckpt"),
                   "--out", str(out), "--json", "--quiet", "--threads", "1"])
     assert args.func(args) == 0
-    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("transformer_2 test, horizon 96: MSE ") and "ETTh1" not in "".join(lines)
+    m = json.loads(lines[-1])
+    assert m["data"] == str(data)
     assert {"mse", "mae", "repeat_mse", "repeat_mae"} <= set(m)
     assert m["repeat_mse"] == pytest.approx(1.295, abs=0.01) and m["repeat_mae"] == pytest.approx(0.713, abs=0.01)
     assert m["test_windows"] == 14400 - 11520 - 96 + 1 and m["normalization_matches_checkpoint"]

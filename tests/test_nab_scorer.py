@@ -1,9 +1,12 @@
-"""NAB scorer: the rules of ../shared/data/nab/SCORING.md on hand-made cases, the vectorised sweep against brute
-force, and the reference scores of NAB's stored results (numenta, windowedGaussian) on the 35 development files."""
+"""NAB scorer: the rules of NAB's SCORING.md on hand-made cases, the vectorised sweep against brute force, NAB's own
+per-file scores of its stored results on the three shipped files (data/nab), and the reference scores of NAB's stored
+results (numenta, windowedGaussian) on the 35 development files (../shared, which CI has)."""
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +14,21 @@ import pytest
 
 from streamer.evaluation import nab_scorer as ns
 
-# ../shared beside the repository: every developer and CI have it (../shared/README.md)
+REPO_NAB = Path(__file__).resolve().parents[1] / "data" / "nab"
+# The 35-file corpus and NAB's stored results on it (30 MB) are not copied: they are in ../shared beside the
+# repository, which CI has (../shared/README.md); a clone without it skips that one check, CI never does.
 SHARED_NAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab"
 
 
 def shared_nab() -> Path:
-    """The shared NAB folder, or a clear failure: these checks must never pass silently without their data."""
-    if not (SHARED_NAB / "results").is_dir():
-        pytest.fail(f"NAB reference data missing: expected {SHARED_NAB} (the ../shared folder beside the "
-                    f"repository, see ../shared/README.md)", pytrace=False)
-    return SHARED_NAB
+    """The shared NAB folder; without it a clear skip outside CI, a failure in CI (CI=true), never a silent pass."""
+    if (SHARED_NAB / "results").is_dir():
+        return SHARED_NAB
+    why = (f"NAB's 35-file reference corpus is not at {SHARED_NAB} (the ../shared folder beside the repository, "
+           f"../shared/README.md)")
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{why}; CI must have it", pytrace=False)
+    pytest.skip(f"{why}; CI runs this check. The shipped files' check (NAB's own per-file scores) ran instead.")
 
 
 def truth(n: int, windows: list[tuple[int, int]], name: str = "c/f.csv") -> ns.FileTruth:
@@ -151,3 +159,26 @@ def test_reproduces_nab_reference_scores_of_stored_results(detector: str) -> Non
     got = ns.score_results(root / "results" / detector, detector, corpus)
     for prof, want in REFERENCE[detector].items():
         assert got[prof].score == pytest.approx(want, abs=0.01), (detector, prof)
+
+
+# A threshold inside the range that gives NAB's detections on the three shipped files (NAB's own threshold was
+# tuned on its whole corpus and is not stored with the results; these reproduce its per-row S(t) columns).
+THRESHOLD = {"numenta": 0.5, "windowedGaussian": 1.0}
+
+
+@pytest.mark.parametrize("detector", sorted(THRESHOLD))
+def test_file_scores_equal_nab_own_scores_on_the_shipped_files(detector: str) -> None:
+    corpus = ns.load_corpus(REPO_NAB, REPO_NAB / "labels" / "combined_windows.json")
+    assert [c.name for c in corpus] == [f"realAWSCloudwatch/ec2_cpu_utilization_{k}.csv"
+                                        for k in ("24ae8d", "5f5533", "825cc2")]
+    assert [len(c.windows) for c in corpus] == [2, 2, 1]
+    results = REPO_NAB / "results" / detector
+    scores = ns.read_results(results, detector, corpus)
+    for prof in ns.PROFILES:
+        want = []
+        for c in corpus:  # NAB wrote each row's contribution at its threshold: S(t)_<profile>; a file's is the sum
+            cat, name = c.name.split("/")
+            with open(results / cat / f"{detector}_{name}", newline="") as f:
+                want.append(sum(float(r[f"S(t)_{prof}"]) for r in csv.DictReader(f)))
+        got = ns.file_scores(scores, corpus, THRESHOLD[detector], prof)
+        assert got == pytest.approx(want, abs=1e-9), (detector, prof)

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from streamer.errors import DataError
 from streamer.replay import load_series
 from tests.helpers import collect
 
@@ -22,12 +24,33 @@ def test_npy_rows_are_stamped_and_never_unpickled(tmp_path):
     assert stream == "chan-1" and ts.tolist() == [1000, 1010, 1020, 1030] and channels == ["c0", "c1", "c2"]
     np.testing.assert_array_equal(values, arr.astype(np.float32))
     np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    try:
+    with pytest.raises(DataError, match="pickle"):
         load_series(tmp_path / "evil.npy")
-    except ValueError as exc:
-        assert "pickle" in str(exc).lower()
-    else:
-        raise AssertionError("an object array was loaded")
+
+
+def replay_cli(*files: Path) -> subprocess.CompletedProcess:
+    """`streamer replay FILES` in a child process; the files are read before any broker is contacted."""
+    return subprocess.run([sys.executable, "-m", "streamer.cli", "replay", *map(str, files), "--topic", "t",
+                           "--bootstrap", "127.0.0.1:1", "--quiet"], capture_output=True, text=True, timeout=120)
+
+
+def test_replay_of_a_missing_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-series.csv"
+    proc = replay_cli(missing)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"streamer: {missing}: No such file or directory"]
+
+
+@pytest.mark.parametrize(("row", "why"), [("2015-01-01 00:02:00,1.5,n/a", "column 'b': 'n/a' is not a number"),
+                                          ("yesterday,1.5,2", "timestamp 'yesterday' is neither"),
+                                          ("2015-01-01 00:02:00,1.5", "2 fields, the header has 3")])
+def test_replay_of_a_bad_csv_row_names_the_file_and_line(tmp_path: Path, row: str, why: str) -> None:
+    bad = tmp_path / "series.csv"
+    bad.write_text(f"timestamp,a,b\n2015-01-01 00:00:00,1,2\n\n2015-01-01 00:01:00,1,2\n{row}\n")
+    proc = replay_cli(NAB / "ec2_cpu_utilization_24ae8d.csv", bad)
+    assert proc.returncode != 0 and proc.stdout == "" and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"streamer: {bad}, line 5") and why in line, line
 
 
 def test_replay_cli_produces_csv_and_npy_as_chunks(kafka_bootstrap, new_topic, tmp_path):

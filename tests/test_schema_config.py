@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from streamer.config import load_settings, settings_markdown
 from streamer.errors import ConfigError, InvalidRecord
-from streamer.schema import dead_letter, decode
+from streamer.schema import DEAD_LETTER_REASONS, dead_letter, dead_letter_original, decode
 
 
 def test_decode_single_reading_and_chunk():
@@ -27,6 +30,7 @@ def test_named_channels_map_through_channel_names():
 
 @pytest.mark.parametrize("raw, reason", [
     (None, "empty"),
+    (b"", "empty"),
     (b"{not json", "invalid_json"),
     (b'{"stream":"p","values":[1]}', "invalid_schema"),
     (b'{"stream":"","ts":1,"values":[1]}', "invalid_schema"),
@@ -48,8 +52,39 @@ def test_bad_records_get_a_reason(raw, reason):
 def test_dead_letter_keeps_original_bytes_and_origin():
     raw = b"\xff\xfe not utf-8"
     msg = json.loads(dead_letter(raw, "invalid_json", "value is not JSON", "readings", 3, 42))
-    assert msg["original"].encode("latin-1") == raw
+    assert dead_letter_original(msg) == raw and not msg["original_truncated"]
+    assert (msg["original_size"], msg["original_sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest())
     assert (msg["topic"], msg["partition"], msg["offset"], msg["reason"]) == ("readings", 3, 42, "invalid_json")
+
+
+def test_dead_letter_of_a_huge_record_stays_small():
+    raw = bytes(range(128, 256)) * 8192  # 1 MiB of bytes that are not UTF-8: escaped, each would take 6 characters
+    msg = dead_letter(raw, "oversize", "x" * 50_000, "readings", 0, 7, max_original=4096)
+    assert len(msg) < 4096 * 4 // 3 + 2000
+    body = json.loads(msg)
+    assert dead_letter_original(body) == raw[:4096] and body["original_truncated"]
+    assert (body["original_size"], body["original_sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest())
+    assert len(body["detail"]) < 1100
+
+
+@pytest.mark.parametrize("depth", [2_000, 5_000, 100_000])
+def test_deep_nesting_is_invalid_json_not_a_crash(depth):
+    nested = b"[" * depth + b"]" * depth
+    for raw in (nested, b'{"stream":"p","ts":1,"values":' + nested + b"}"):
+        with pytest.raises(InvalidRecord) as err:
+            decode(raw, 1, max_bytes=1 << 20)
+        assert err.value.reason == "invalid_json"
+
+
+def test_every_dead_letter_reason_in_the_code_is_declared():
+    """The counters of every reason are exported at zero from the start: the list must name them all."""
+    root = Path(__file__).resolve().parents[1] / "streamer"
+    source = "\n".join(p.read_text() for p in root.rglob("*.py"))
+    raised = set(re.findall(r'InvalidRecord\(\s*"([a-z_]+)"', source))
+    raised |= set(re.findall(r'reject\(r, "([a-z_]+)"', source))
+    raised |= set(re.findall(r'"(duplicate_ts|out_of_order)"', source))
+    assert raised and raised <= set(DEAD_LETTER_REASONS), raised - set(DEAD_LETTER_REASONS)
+    assert len(raised) >= 15
 
 
 def test_settings_from_nested_environment(monkeypatch):

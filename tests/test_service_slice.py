@@ -13,6 +13,7 @@ import torch
 from kafka import KafkaProducer
 
 from streamer.config import load_settings
+from streamer.schema import dead_letter_original
 from streamer.service import Service
 from tests.helpers import collect, per_reading, serve_env, start_serve
 
@@ -77,7 +78,7 @@ def test_state_is_carried_across_polls_and_equals_one_pass(kafka_bootstrap, new_
     chunked = [o for o in got[out] if isinstance(o["ts"], list)]
     assert [(o["stream"], o["ts"], o["n"]) for o in chunked] == [("sensor-0", [5000, 6000, 7000], [6, 7, 8])]
     assert [d["reason"] for d in dead_letters] == ["wrong_shape"]
-    assert dead_letters[0]["original"] == '{"stream": "sensor-1", "ts": 9, "values": [1.0]}'
+    assert dead_letter_original(dead_letters[0]) == b'{"stream": "sensor-1", "ts": 9, "values": [1.0]}'
 
     model = service.served.model
     for name, values in streams.items():

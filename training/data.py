@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, DataError
 
 DERIVED = {"@hour": 24, "@weekday": 7}  # categorical inputs computed from the timestamp
 # numeric inputs computed from the timestamp (local wall-clock time as written in the file): the minute of the
@@ -102,7 +102,11 @@ def _parse_time(s: str) -> int:
 
 def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a CSV; rows with one field more than the header lose their first field (a row id)."""
-    with open(path, newline="") as f:
+    try:
+        f = open(path, newline="")
+    except OSError as exc:
+        raise DataError(f"{path}: {exc.strerror or exc}") from None
+    with f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]

@@ -31,17 +31,24 @@ def vectorised(pipeline: AnomalyPipeline) -> bool:
 
 def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], streams: list[str],
                   offsets: np.ndarray, ts: np.ndarray, x_norm: np.ndarray,
-                  forecast: np.ndarray) -> list[list[dict[str, Any]]]:
+                  forecast: np.ndarray, scored: dict[str, np.ndarray] | None = None) -> list[list[dict[str, Any]]]:
     """Alerts per stream for readings [N, C] laid out by `offsets` (stream i: rows offsets[i]:offsets[i+1]).
 
     `states` are the streams' pipeline states (updated in place); `forecast[r]` is the one-step forecast
-    made at row r. Equal to calling `pipeline.score` for each stream in turn.
+    made at row r. Equal to calling `pipeline.score` for each stream in turn. A `scored` dict receives, by
+    row, 'error' [N, C] (|reading - the forecast made for it|, NaN where there was none) and 'score' [N].
     """
     if not vectorised(pipeline):
-        out = []
+        out, parts = [], []
         for i, st in enumerate(states):
             a, b = int(offsets[i]), int(offsets[i + 1])
-            out.append(pipeline.score(st, ts[a:b], x_norm[a:b], forecast[a:b], stream=streams[i])["alerts"])
+            res = pipeline.score(st, ts[a:b], x_norm[a:b], forecast[a:b], stream=streams[i])
+            out.append(res["alerts"])
+            parts.append((res["error"], res["score"]))
+        if scored is not None:
+            C = pipeline.n_channels
+            scored["error"] = np.concatenate([e for e, _ in parts]) if parts else np.zeros((0, C))
+            scored["score"] = np.concatenate([s for _, s in parts]) if parts else np.zeros(0)
         return out
     S = len(states)
     off = np.asarray(offsets, dtype=np.int64)
@@ -145,4 +152,6 @@ def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], strea
             a, b = int(off[i]), int(off[i + 1])
             alerts[i] = pipeline.alert_rows(st, np.asarray(ts[a:b], dtype=np.int64), final[a:b], z[a:b],
                                             stream=streams[i])
+    if scored is not None:
+        scored["error"], scored["score"] = err, final  # final: damped in place by alert_rows
     return alerts

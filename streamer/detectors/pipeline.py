@@ -168,6 +168,7 @@ class AnomalyPipeline(Detector):
                                                      dev)["score"])
         alerts = self.alert_rows(state, np.asarray(ts, dtype=np.int64), final, fe["channels"], stream=stream)
         return {"score": final, "likelihood": lk["likelihood"], "raw": raw, "channels": fe["channels"],
+                "error": fe["error"],
                 "ratio": dt["ratio"], "flag": dt["flag"], "threshold": dt["threshold"], "alerts": alerts,
                 "fired": _fired_rows(np.asarray(ts, dtype=np.int64), alerts)}
 

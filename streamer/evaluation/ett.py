@@ -59,11 +59,12 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, horizon: int, out_dir: Pat
     metrics: dict[str, Any] = {"mse": m["mse"], "mae": m["mae"], **forecast_baselines(x, org, horizon, None),
                                "test_windows": int(len(org)), "normalization_matches_checkpoint": same}
     if out_dir is not None:
-        plot_windows(Path(out_dir), x, out, org, horizon)
+        plot_windows(Path(out_dir), x, out, org, horizon, Path(data).stem)
     return metrics
 
 
-def plot_windows(out_dir: Path, x: np.ndarray, out: np.ndarray, org: np.ndarray, horizon: int) -> list[Path]:
+def plot_windows(out_dir: Path, x: np.ndarray, out: np.ndarray, org: np.ndarray, horizon: int,
+                 name: str = "ETTh1") -> list[Path]:
     """best.png and worst.png: the test windows (by MSE over channels) with the OT forecast and repeat-last."""
     from streamer.evaluation.plots import _plt
 
@@ -84,7 +85,7 @@ def plot_windows(out_dir: Path, x: np.ndarray, out: np.ndarray, org: np.ndarray,
             ax.axhline(x[t, c], color="grey", lw=0.8, ls="--", label="repeat last")
             ax.set_title(f"origin row {t}: window MSE {err[i]:.3f} (all channels)", fontsize=9)
             ax.legend(loc="upper left", fontsize=7)
-        fig.suptitle(f"ETTh1 test, {label} windows, horizon {horizon}")
+        fig.suptitle(f"{name} test, {label} windows, horizon {horizon}")
         fig.tight_layout()
         out_dir.mkdir(parents=True, exist_ok=True)
         p = out_dir / f"{label}.png"
@@ -112,7 +113,7 @@ def run(data: Path, horizon: int = 96, out_dir: Path | None = None, checkpoint: 
     else:
         metrics = evaluate_checkpoint(Path(data), Path(checkpoint), horizon, out_dir)
         source = str(checkpoint)
-    metrics.update(horizon=horizon, model=source, seconds=round(time.perf_counter() - started, 1))
+    metrics.update(data=str(data), horizon=horizon, model=source, seconds=round(time.perf_counter() - started, 1))
     if out_dir is not None:
         import json
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.errors import DataError
+
 PROFILES: dict[str, dict[str, float]] = {
     "standard": {"tp": 1.0, "fp": 0.11, "fn": 1.0},
     "reward_low_FP_rate": {"tp": 1.0, "fp": 0.22, "fn": 1.0},
@@ -87,7 +89,7 @@ def load_corpus(data_dir: Path, labels: Path | None = None) -> list[FileTruth]:
                 raise ValueError(f"{name}: window boundary {e.args[0]} is not a timestamp of the file") from None
         corpus.append(FileTruth(name, ts, sorted(rng)))
     if not corpus:
-        raise FileNotFoundError(f"no NAB data files <category>/*.csv under {root}")
+        raise DataError(f"no NAB data files <category>/*.csv under {root}")
     return corpus
 
 

@@ -35,6 +35,7 @@ import torch
 
 from streamer.detectors import TelemanomSequences
 from streamer.engine import Chunk, Engine
+from streamer.errors import DataError
 from streamer.models import ModelConfig, RecurrentModel, build_model
 
 
@@ -92,12 +93,12 @@ def resolve_data(data: Path, workdir: Path | None = None) -> tuple[Path, Path]:
     labels = next((p for p in (data / "labeled_anomalies.csv", data.parent / "labeled_anomalies.csv")
                    if p.exists()), None)
     if labels is None:
-        raise FileNotFoundError(f"no labeled_anomalies.csv in {data} or its parent")
+        raise DataError(f"no labeled_anomalies.csv in {data} or its parent")
     if (data / "train").is_dir() and (data / "test").is_dir():
         return data, labels
     script = data / "verify_and_extract.py"
     if not script.exists():
-        raise FileNotFoundError(f"{data} has neither train/ and test/ nor verify_and_extract.py")
+        raise DataError(f"{data} has neither train/ and test/ nor verify_and_extract.py")
     dest = Path(workdir or tempfile.mkdtemp(prefix="smap-"))
     subprocess.run([sys.executable, str(script), str(dest)], check=True, stdout=subprocess.DEVNULL)
     return dest, labels
@@ -125,7 +126,7 @@ def load_channels(root: Path, labels: Path, only: list[str] | None = None, space
         lab = [(a, min(b, len(test) - 1)) for a, b in merge(seqs[name]) if a < len(test)]
         out.append(Channel(name, train.astype(np.float32), test.astype(np.float32), lab))
     if not out:
-        raise FileNotFoundError(f"no {spacecraft} channels with train/test arrays under {root}")
+        raise DataError(f"no {spacecraft} channels with train/test arrays under {root}")
     return out
 
 
