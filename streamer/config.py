@@ -9,6 +9,7 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -284,7 +285,7 @@ def unknown_variables(env_file: str | Path | None = ".env") -> list[str]:
     """A problem for every STREAMER_* variable of the environment or the .env file that is no setting."""
     known = known_variables()
     leaves = sorted(row[0] for row in settings_reference())  # suggestions: the settings, not their groups
-    sources: list[tuple[str, object]] = [("environment", os.environ)]
+    sources: list[tuple[str, Mapping[str, str | None]]] = [("environment", os.environ)]
     if env_file is not None and Path(env_file).is_file():
         sources.append((str(env_file), dotenv_values(env_file)))
     problems = []
