@@ -119,6 +119,23 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: str | None = Field(default=None, description="client private key (mutual TLS)")
     ssl_password: SecretStr | None = Field(default=None, description="password of the client key; never logged")
 
+    changelog_segment_bytes: int = Field(
+        default=16 * 2**20, ge=2**20, description="segment size of the changelog topic the daemon creates: compaction "
+        "cleans closed segments only, so this bounds what a restore reads beyond one snapshot per stream")
+    changelog_segment_ms: int = Field(
+        default=600_000, ge=60_000, description="the changelog's open segment is closed (and so compactable) after "
+        "this long even when it is not full")
+    changelog_min_cleanable_dirty_ratio: float = Field(
+        default=0.2, gt=0, lt=1, description="the changelog is compacted once this share of it is superseded "
+        "snapshots (Kafka's default, 0.5, lets it grow to twice its compacted size)")
+
+    @property
+    def changelog_configs(self) -> dict[str, str]:
+        """The topic configs of the changelog: compacted, in segments small enough to be cleaned often."""
+        return {"cleanup.policy": "compact", "segment.bytes": str(self.changelog_segment_bytes),
+                "segment.ms": str(self.changelog_segment_ms),
+                "min.cleanable.dirty.ratio": str(self.changelog_min_cleanable_dirty_ratio)}
+
     @property
     def changelog(self) -> str:
         """The changelog topic's name, derived from the group id unless set."""
@@ -196,6 +213,9 @@ class EngineSettings(BaseModel):
     max_future_s: float = Field(
         default=86_400.0, gt=0, description="readings stamped further ahead of the wall clock are dead-lettered")
     min_ts_ms: int = Field(default=0, description="readings stamped before this (ms since epoch) are dead-lettered")
+    restore_slice_ms: int = Field(
+        default=200, gt=0, description="longest stretch of changelog restore between two polls of the input "
+        "(partitions already restored are processed in between)")
 
 
 class OutputSettings(BaseModel):
@@ -243,6 +263,9 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9108, ge=0, le=65535, description="port of the HTTP endpoints; 0: any free port")
     liveness_timeout_s: float = Field(
         default=60.0, gt=0, description="/healthz fails when the loop has not turned for this long")
+    stall_timeout_s: float = Field(
+        default=300.0, gt=0, description="/healthz fails when there was work (a restore, or input lag) and no "
+        "partition made progress for this long")
     unhealthy_after_failed_commits: int = Field(
         default=5, gt=0, description="/healthz fails after this many commits in a row failed (the loop keeps "
         "retrying the same work with backoff), until one succeeds")

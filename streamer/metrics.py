@@ -121,6 +121,9 @@ class Metrics:
         self.evictions = Counter("streamer_evictions_total", "Streams evicted from the state store", registry=r)
         self.restored = Counter("streamer_restored_records_total", "Changelog records read while restoring state",
                                 registry=r)
+        self.restore_remaining = Gauge(
+            "streamer_restore_remaining_records", "Changelog records left to read before a partition is processed",
+            ["partition"], registry=r)
         self.rebalances = Counter("streamer_rebalances_total", "Partition assignments and revocations", ["event"],
                                   registry=r)
         self.lag = Gauge("streamer_consumer_lag_records", "Records between the consumer position and the end",
@@ -178,11 +181,13 @@ class Metrics:
 
 
 class HealthServer:
-    """/metrics, /healthz (the loop is alive) and /readyz (ready to process) on one port, in a thread."""
+    """/metrics, /healthz (the loop is alive) and /readyz (ready to process) on one port, in a thread.
+
+    `not_ready` returns why the instance is not ready ('' when it is), which /readyz answers with its 503."""
 
     def __init__(self, metrics: Metrics, host: str, port: int, alive: Callable[[], bool],
-                 ready: Callable[[], bool]) -> None:
-        handler = _handler(metrics, alive, ready)
+                 not_ready: Callable[[], str]) -> None:
+        handler = _handler(metrics, alive, not_ready)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="streamer-http", daemon=True)
@@ -203,7 +208,7 @@ class HealthServer:
         self.httpd.server_close()
 
 
-def _handler(metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]) -> type:
+def _handler(metrics: Metrics, alive: Callable[[], bool], not_ready: Callable[[], str]) -> type:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
             path = self.path.split("?", 1)[0]
@@ -213,8 +218,8 @@ def _handler(metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bo
                 ok = alive()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
             elif path == "/readyz":
-                ok = ready()
-                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                why = not_ready()
+                self._send(503 if why else 200, f"not ready: {why}\n".encode() if why else b"ready\n")
             else:
                 self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
 

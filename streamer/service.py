@@ -26,7 +26,7 @@ import torch
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
-from streamer.changelog import ColdStore, restore_partitions
+from streamer.changelog import ChangelogRestorer, ColdStore
 from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors
 from streamer.engine import Engine, initial_state_of
@@ -55,6 +55,7 @@ from streamer.transport import (
     next_offsets,
     partition_count,
     partition_for,
+    topic_configs,
 )
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,13 @@ class Service:
         self.ready = threading.Event()
         self.heartbeat = time.monotonic()
         self.failed_commits_in_row = 0
+        self.last_progress = time.monotonic()  # a restore slice or a batch did work, or there was none to do
+        self.restore_status = "no input partitions assigned"
+        self._restorer: ChangelogRestorer | None = None
+        self._restore_began = 0.0
+        self._restore_records = 0
+        self._restore_partitions: list[int] = []
+        self._lag_due = False
         self.http: HealthServer | None = None
         self._pending = _Pending()
         self._committer: Committer | None = None
@@ -230,8 +238,9 @@ class Service:
         outputs = {"num_partitions": k.output_partitions or n}
         ensure_topics(k, {
             k.forecast_topic: outputs, k.alert_topic: outputs, k.event_topic: outputs, k.dead_letter_topic: outputs,
-            k.changelog: {"num_partitions": n, "configs": {"cleanup.policy": "compact"}},
+            k.changelog: {"num_partitions": n, "configs": k.changelog_configs},
         })
+        self._check_changelog_configs()
         self._forecast_partitions = partition_count(k, k.forecast_topic)
         self._forecast_keys.clear()
         have = partition_count(k, k.changelog)
@@ -239,11 +248,27 @@ class Service:
             raise ConfigError(f"STREAMER_KAFKA__CHANGELOG_TOPIC: {k.changelog} has {have} partitions, "
                               f"the input has {n}; they must be co-partitioned")
 
+    def _check_changelog_configs(self) -> None:
+        """Warn, naming the setting, when an existing changelog topic is not configured as the daemon would."""
+        k = self.settings.kafka
+        want = k.changelog_configs
+        have = topic_configs(k, k.changelog, want)
+        for key, value in want.items():
+            if key in have and have[key] != value and not (key == "cleanup.policy" and "compact" in have[key]):
+                setting = "STREAMER_KAFKA__CHANGELOG_" + key.removeprefix("cleanup.").replace(".", "_").upper()
+                log.warning("the changelog topic differs from the settings: it may grow and slow every restore",
+                            extra={"topic": k.changelog, "config": key, "topic_value": have[key], "wanted": value,
+                                   "setting": setting if key != "cleanup.policy" else "cleanup.policy=compact"})
+
     def alive(self) -> bool:
-        """/healthz: the loop turned recently and its commits are not failing over and over."""
-        m = self.settings.metrics
-        return (time.monotonic() - self.heartbeat < m.liveness_timeout_s
+        """/healthz: the loop turned recently, made progress when there was work, and its commits succeed."""
+        m, now = self.settings.metrics, time.monotonic()
+        return (now - self.heartbeat < m.liveness_timeout_s and now - self.last_progress < m.stall_timeout_s
                 and self.failed_commits_in_row < m.unhealthy_after_failed_commits)
+
+    def readiness(self) -> str:
+        """Why the instance is not ready, or '' when it is (for /readyz)."""
+        return "" if self.ready.is_set() else self.restore_status or "not serving"
 
     def run(self) -> LoopStats:
         """Process until stop() is called, surviving Kafka failures; returns what was done."""
@@ -251,7 +276,7 @@ class Service:
         torch.set_num_threads(self.threads)  # the daemon's process: small model calls, Kafka threads beside
         m = self.settings.metrics
         if m.enabled:
-            self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set).start()
+            self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.readiness).start()
             log.info("http endpoints", extra={"host": m.host, "port": self.http.port})
         # A transaction is some five broker round trips in a row, each handled by kafka-python's network thread
         # and handed to the commit worker; while the loop processes a batch, every hand-over waits for the loop
@@ -286,6 +311,7 @@ class Service:
         k, e = self.settings.kafka, self.settings.engine
         consumer = make_consumer(k)
         producer = make_producer(k, self.transactional_id() if k.exactly_once else None)
+        self._restorer = ChangelogRestorer(k, k.changelog, self.cold, consumer)
         try:
             self._committer = Committer(consumer, producer, k.exactly_once)
             if k.input_pattern:
@@ -296,38 +322,21 @@ class Service:
             log.info("serving", extra={"topics": k.input_pattern or k.input_topics, "group": k.group_id,
                                        "device": self.device, "threads": self.threads, "model": self.served.name,
                                        "version": self.served.version, "exactly_once": k.exactly_once})
-            last_commit = last_lag = last_reload = last_silence = time.monotonic()
+            timers = dict.fromkeys(("commit", "lag", "reload", "silence"), time.monotonic())
             max_records = min(e.max_batch_readings, e.capacity)
-            interval = k.commit_interval_ms / 1000
             while not self.stop_event.is_set():
                 self.heartbeat = now = time.monotonic()
-                records = self._poll(consumer, e.max_wait_ms, max_records)
+                if self._restorer.restoring:
+                    self._restore_slice()
+                records = self._poll(consumer, self._poll_wait_ms(consumer), max_records)
                 if records and len(records) < max_records:
                     records = self._top_up(consumer, records, max_records)
                 if records:
                     self.process(records)
                     self._pending.offsets.update(next_offsets(records))
+                    self.last_progress = now
                 self.stats.polls += 1
-                if self._pending and now - last_commit >= interval:
-                    self._commit()
-                    last_commit = now
-                elif self._inflight is not None and self._committer.idle():
-                    self._settle()  # account for a finished commit without waiting for the next one
-                if self.collector is not None:
-                    if self.stats.commits:
-                        self.collector.settle()
-                    self.collector.after_poll(bool(records))
-                if e.idle_ttl_s is not None:
-                    self.engine.store.evict_idle(time.time())
-                if self.detectors.silence is not None and now - last_silence >= 1.0:
-                    self._check_silence()
-                    last_silence = now
-                if now - last_lag >= LAG_EVERY_S:
-                    self._update_gauges(consumer)
-                    last_lag = now
-                if self.settings.model.reload_interval_s and now - last_reload >= self.settings.model.reload_interval_s:
-                    self._maybe_reload()
-                    last_reload = now
+                self._after_poll(consumer, now, timers, bool(records))
             self._commit(wait=True)
         finally:
             self._set_ready(False)
@@ -335,8 +344,63 @@ class Service:
                 self._committer.close()
             self._committer = None
             self._inflight = None
+            self._restorer.close()
             consumer.close(autocommit=False)
             producer.close(timeout=10)
+
+    def _after_poll(self, consumer, now: float, timers: dict[str, float], got_records: bool) -> None:
+        """What the loop does after each poll besides processing: commit on the interval, account for a finished
+        commit, collect garbage, evict idle streams, check silence, export gauges, look for a new checkpoint."""
+        e, m = self.settings.engine, self.settings.model
+        if self._pending and now - timers["commit"] >= self.settings.kafka.commit_interval_ms / 1000:
+            self._commit()
+            timers["commit"] = now
+        elif self._inflight is not None and self._committer.idle():
+            self._settle()  # account for a finished commit without waiting for the next one
+        if self.collector is not None:
+            if self.stats.commits:
+                self.collector.settle()
+            self.collector.after_poll(got_records)
+        if e.idle_ttl_s is not None:
+            self.engine.store.evict_idle(time.time())
+        if self.detectors.silence is not None and now - timers["silence"] >= 1.0:
+            self._check_silence()
+            timers["silence"] = now
+        if self._lag_due or now - timers["lag"] >= LAG_EVERY_S:
+            self._update_gauges(consumer)
+            timers["lag"], self._lag_due = now, False
+        if m.reload_interval_s and now - timers["reload"] >= m.reload_interval_s:
+            self._maybe_reload()
+            timers["reload"] = now
+
+    def _poll_wait_ms(self, consumer) -> int:
+        """The poll's longest wait: none while every assigned partition waits for its restore (which is the
+        work to do), else the configured one."""
+        if self._restorer.restoring and consumer.assignment() <= consumer.paused():
+            return 0
+        return self.settings.engine.max_wait_ms
+
+    def _restore_slice(self) -> None:
+        """Restore state for one slice of time; resume the partitions it completed; ready once all are."""
+        done, n = self._restorer.step(self.settings.engine.restore_slice_ms / 1000)
+        if n:
+            self.stats.restored_records += n
+            self.metrics.restored.inc(n)
+            self._restore_records += n
+            self.last_progress = time.monotonic()
+        left = self._restorer.remaining()
+        for p, records in left.items():
+            self.metrics.restore_remaining.labels(str(p)).set(records)
+        for p in done:
+            self.metrics.restore_remaining.labels(str(p)).set(0)
+        if left:
+            self.restore_status = (f"restoring the state of partitions {sorted(left)}: {sum(left.values())} "
+                                   f"changelog records left, {self._restore_records} read")
+            return
+        log.info("restored state", extra={"partitions": self._restore_partitions, "records": self._restore_records,
+                                          "seconds": round(time.monotonic() - self._restore_began, 3)})
+        self.restore_status = ""
+        self._set_ready(True)
 
     def _await_metadata(self, consumer, topics: list[str]) -> None:
         """Hold the first join of the group until the consumer's metadata has every input topic.
@@ -394,6 +458,7 @@ class Service:
 
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""
+        self.restore_status = "reconnecting after a Kafka failure"
         self._pending = _Pending()
         self._inflight = None
         self.engine.store.clear()
@@ -411,17 +476,29 @@ class Service:
         self.metrics.ready.set(1 if ready else 0)
 
     def _update_gauges(self, consumer) -> None:
+        """Resident streams, and the lag of every assigned partition (restoring or not); a loop with no lag and
+        no restore has nothing to do, which counts as progress for /healthz."""
         self.metrics.active_streams.set(len(self.engine.store))
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
+        assigned = consumer.assignment()
+        ends = {tp: consumer.highwater(tp) for tp in assigned}
+        unknown = [tp for tp, end in ends.items() if end is None]  # paused, or not fetched yet
+        if unknown:
             try:
-                pos = consumer.position(tp, timeout_ms=100)
+                ends.update(consumer.end_offsets(unknown, timeout_ms=1000))
+            except KafkaError:
+                pass
+        total = 0
+        for tp in assigned:
+            try:
+                pos = consumer.position(tp, timeout_ms=200)
             except KafkaError:
                 continue
-            if pos is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
+            if pos is not None and ends.get(tp) is not None:
+                lag = max(ends[tp] - pos, 0)
+                total += lag
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        if total == 0 and not self._restorer.restoring:
+            self.last_progress = time.monotonic()
 
     # -- rebalancing --------------------------------------------------------------------------------
     def on_revoked(self, revoked) -> None:
@@ -429,6 +506,8 @@ class Service:
         self.metrics.rebalances.labels("revoked").inc()
         self._rebalances += 1
         self._set_ready(False)
+        self._restorer.revoked(revoked)
+        self.restore_status = "partitions revoked, waiting for the next assignment"
         try:
             self._commit(wait=True)
         except Exception as exc:  # kafka-python swallows listener errors: hand it to the loop
@@ -436,31 +515,24 @@ class Service:
             return
         self.forget_partitions({tp.partition for tp in revoked})
         for tp in revoked:
-            try:
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
-            except KeyError:
-                pass
+            for gauge, labels in ((self.metrics.lag, (tp.topic, str(tp.partition))),
+                                  (self.metrics.restore_remaining, (str(tp.partition),))):
+                try:
+                    gauge.remove(*labels)
+                except KeyError:
+                    pass
 
     def on_assigned(self, assigned) -> None:
-        """Restore the assigned partitions' state from the changelog before processing them."""
+        """Pause the assigned partitions until the loop has restored their state (never here: a callback that
+        runs long stalls the group's heartbeats); export their lag from now on."""
         self.metrics.rebalances.labels("assigned").inc()
-        self.restore({tp.partition for tp in assigned})
-
-    def restore(self, partitions: set[int]) -> None:
-        """Load the changelog partitions of newly assigned input partitions into the cold store."""
         self._set_ready(False)
-        started = time.monotonic()
-
-        def progress(_: int) -> None:
-            self.heartbeat = time.monotonic()
-
-        n = restore_partitions(self.settings.kafka, self.settings.kafka.changelog, sorted(partitions),
-                               self.cold, progress=progress)
-        self.stats.restored_records += n
-        self.metrics.restored.inc(n)
-        log.info("restored state", extra={"partitions": sorted(partitions), "records": n,
-                                          "seconds": round(time.monotonic() - started, 3)})
-        self._set_ready(True)
+        self._restorer.assigned(assigned)
+        self._restore_began, self._restore_records = time.monotonic(), 0
+        self._restore_partitions = sorted({tp.partition for tp in assigned})
+        self.restore_status = (f"restoring the state of partitions {self._restore_partitions}"
+                               if assigned else "no input partitions assigned")
+        self._lag_due = True
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the state of streams whose partitions were revoked (their owner restores it from the changelog)."""

@@ -342,6 +342,19 @@ def ensure_topics(kafka: KafkaSettings, topics: dict[str, dict]) -> list[str]:
         admin.close()
 
 
+def topic_configs(kafka: KafkaSettings, topic: str, keys: Iterable[str]) -> dict[str, str]:
+    """The values in force (defaults included) of the named configs of an existing topic."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(**admin_config(kafka))
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=dict.fromkeys(keys))],
+                                       config_filter="all")
+        return {key: entry["value"] for key, entry in found["topic"][topic].items()}
+    finally:
+        admin.close()
+
+
 def admin_topics(kafka: KafkaSettings) -> list[str]:
     """Names of the topics that exist on the cluster."""
     admin = KafkaAdminClient(**admin_config(kafka))

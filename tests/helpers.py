@@ -154,3 +154,17 @@ def serve_until(env: dict, bootstrap: str, topics: list[str], want: int, timeout
         tail.finish(timeout=60)
     assert proc.returncode == 0, "".join(tail.text)[-3000:]
     return got
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:PORT/PATH; (0, '') when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""

@@ -7,8 +7,6 @@ import hashlib
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from streamer.config import load_settings
 from streamer.models import ModelConfig, build_model
 from streamer.schema import dead_letter_original
 from streamer.service import Service
-from tests.helpers import assert_same_forecasts, collect, send_records, serve_env, serve_until
+from tests.helpers import assert_same_forecasts, collect, http_get, send_records, serve_env, serve_until
 from training.checkpoints import save
 
 T0 = 1_700_000_000_000
@@ -135,14 +133,6 @@ def _in_thread(settings) -> tuple[Service, threading.Thread]:
     return service, thread
 
 
-def _health(service: Service) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{service.http.port}/healthz", timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_a_commit_that_keeps_failing_turns_health_red(kafka_bootstrap, new_topic):
     """Forecast records the topic refuses (its max.message.bytes is tiny): the loop retries the same work with
     backoff, and after the configured number of failed commits in a row /healthz says 503 and the gauge why."""
@@ -158,14 +148,14 @@ def test_a_commit_that_keeps_failing_turns_health_red(kafka_bootstrap, new_topic
         deadline = time.monotonic() + 30
         while service.http is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _health(service) == 200
+        assert http_get(service.http.port, "/healthz")[0] == 200
         chunk = {"stream": "s", "ts": [T0 + i for i in range(100)], "values": [[float(i)] for i in range(100)]}
         send_records(kafka_bootstrap, src, [(b"s", json.dumps(chunk).encode())])
         deadline = time.monotonic() + 60
         while service.failed_commits_in_row < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert service.failed_commits_in_row >= 2 and service.stats.rewinds >= 2
-        assert _health(service) == 503
+        assert http_get(service.http.port, "/healthz")[0] == 503
         text = service.metrics.render().decode()
         assert "streamer_failed_commits_in_row 2.0" in text or "streamer_failed_commits_in_row 3.0" in text
         assert thread.is_alive()

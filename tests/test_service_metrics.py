@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import numpy as np
 from kafka import KafkaProducer
 
-import streamer.service as service_module
+from streamer.changelog import ChangelogRestorer
 from streamer.config import load_settings
 from streamer.service import Service
-from tests.helpers import collect
+from tests.helpers import collect, http_get
 
 # Every metric the issue names, as exported (histograms by their base name).
 EXPECTED = [
@@ -25,14 +23,6 @@ EXPECTED = [
     "streamer_rebalances_total", "streamer_transaction_commit_duration_seconds", "streamer_commit_failures_total",
     "streamer_consumer_lag_records", "streamer_model_info", "streamer_ready", "streamer_out_of_order_readings_total",
 ]
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -56,13 +46,13 @@ def test_metrics_health_and_readiness_during_restore(kafka_bootstrap, new_topic,
         metrics={"port": 0},
     )
     seen_during_restore = []
-    real_restore = service_module.restore_partitions
+    real_step = ChangelogRestorer.step
 
-    def observed_restore(*args, **kwargs):
-        seen_during_restore.append(_get(service.http.port, "/readyz")[0])
-        return real_restore(*args, **kwargs)
+    def observed_step(restorer, *args, **kwargs):
+        seen_during_restore.append(http_get(service.http.port, "/readyz")[0])
+        return real_step(restorer, *args, **kwargs)
 
-    monkeypatch.setattr(service_module, "restore_partitions", observed_restore)
+    monkeypatch.setattr(ChangelogRestorer, "step", observed_step)
     service = Service(settings)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
@@ -71,8 +61,8 @@ def test_metrics_health_and_readiness_during_restore(kafka_bootstrap, new_topic,
         while service.http is None and time.monotonic() < deadline:
             time.sleep(0.05)
         port = service.http.port
-        assert _get(port, "/healthz")[0] == 200
-        assert _get(port, "/nothing")[0] == 404
+        assert http_get(port, "/healthz")[0] == 200
+        assert http_get(port, "/nothing")[0] == 404
 
         rng = np.random.default_rng(0)
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -87,19 +77,19 @@ def test_metrics_health_and_readiness_during_restore(kafka_bootstrap, new_topic,
         assert len(got[out]) == 50 and len(got[dead]) == 2
 
         deadline = time.monotonic() + 10
-        while _get(port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+        while http_get(port, "/readyz")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert seen_during_restore and set(seen_during_restore) == {503}, "not ready while restoring"
-        assert _get(port, "/readyz")[0] == 200, "ready once restored"
+        assert http_get(port, "/readyz")[0] == 200, "ready once restored"
 
-        status, text = _get(port, "/metrics")
+        status, text = http_get(port, "/metrics")
         assert status == 200
         names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
         assert not [n for n in EXPECTED if n not in names], names
         assert "process_resident_memory_bytes" in names
         assert not any("stream=" in line for line in text.splitlines()), "no stream id labels"
         time.sleep(2.5)  # the lag gauge is refreshed every 2 s
-        v = _samples(_get(port, "/metrics")[1])
+        v = _samples(http_get(port, "/metrics")[1])
         assert v["streamer_readings_consumed_total"] == 50
         assert v['streamer_outputs_produced_total{kind="forecast"}'] == 50
         assert v['streamer_dead_letters_total{reason="invalid_json"}'] == 1
