@@ -48,6 +48,7 @@ from streamer.transport import (
     Committer,
     OutRecord,
     admin_topics,
+    check_client_options,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -126,6 +127,7 @@ class Service:
                  metrics: Metrics | None = None, collector: BatchCollector | None = None,
                  http: HealthServer | None = None) -> None:
         self.settings = settings
+        check_client_options(settings.kafka)  # an unknown client option fails here, before any broker round trip
         self.collector = collector  # runs the cyclic garbage collector between batches (the daemon's process)
         self.device = resolve_device(settings.engine.device)
         self.threads = resolve_threads(settings.engine.threads)
@@ -228,7 +230,9 @@ class Service:
         return sorted(t for t in admin_topics(k) if pattern.fullmatch(t))
 
     def _prepare_topics(self) -> None:
-        """Check the inputs are co-partitioned and create missing output, dead-letter and changelog topics."""
+        """Check the inputs are co-partitioned and create missing output, dead-letter and changelog topics: the
+        outputs with STREAMER_KAFKA__OUTPUT_PARTITIONS partitions (default: the input's), the changelog with the
+        input's."""
         k = self.settings.kafka
         topics = self.input_topics()
         if not topics:  # retried at start-up (as a missing input topic is): the topics may come after the daemon
@@ -240,8 +244,9 @@ class Service:
         if len(set(counts.values())) != 1:
             raise ConfigError(f"STREAMER_KAFKA__INPUT_TOPICS: topics must have equal partition counts, got {counts}")
         n = next(iter(counts.values()))
+        outputs = {"num_partitions": k.output_partitions or n}
         ensure_topics(k, {
-            k.forecast_topic: {}, k.alert_topic: {}, k.event_topic: {}, k.dead_letter_topic: {},
+            k.forecast_topic: outputs, k.alert_topic: outputs, k.event_topic: outputs, k.dead_letter_topic: outputs,
             k.changelog: {"num_partitions": n, "configs": k.changelog_configs},
         })
         self._check_changelog_configs()
