@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"changelog after the load: {after_load}; waiting {args.settle} s for the log cleaner")
         time.sleep(args.settle)
         settled = changelog_size(broker, changelog)
-        serve.stop()
+        load_stats = serve.stop()
         log(f"backlog: {args.readings} readings with the daemon stopped")
         produce(bootstrap, src, args.readings, args.streams, start_ms + args.readings)
         serve = Serve(bootstrap, src, out, dead, True, settings, broker.pid())
@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "changelog_configs": "kafka defaults" if args.kafka_defaults else "daemon defaults",
             "load_s": round(load_s, 2),
             "load_per_s": round(args.readings / load_s), "produce_s": round(produce_s, 2),
+            "load_commits": load_stats.get("commits"), "load_polls": load_stats.get("polls"),
             "changelog_records_after_load": after_load["records"], "changelog_bytes_after_load": after_load["bytes"],
             "changelog_segments_after_load": after_load["segments"], "settle_s": args.settle,
             "changelog_records": settled["records"], "changelog_bytes": settled["bytes"],
