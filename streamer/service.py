@@ -602,7 +602,8 @@ class Service:
         self.metrics.rebalances.labels("revoked").inc()
         self._rebalances += 1
         self._set_ready(False)
-        self._restorer.revoked(revoked)
+        if self._restorer is not None:  # none outside a session with the cluster
+            self._restorer.revoked(revoked)
         self._reason = "partitions revoked, waiting for the next assignment"
         try:
             self._commit(wait=True)
@@ -623,7 +624,8 @@ class Service:
         runs long stalls the group's heartbeats); export their lag from now on."""
         self.metrics.rebalances.labels("assigned").inc()
         self._set_ready(False)
-        self._restorer.assigned(assigned)
+        if self._restorer is not None:
+            self._restorer.assigned(assigned)
         self._restore_began, self._restore_records = time.monotonic(), 0
         self._restore_partitions = sorted({tp.partition for tp in assigned})
         self._reason = (f"restoring the state of partitions {self._restore_partitions}"
