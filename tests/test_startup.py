@@ -126,9 +126,11 @@ def test_the_startup_deadline_ends_the_process_with_one_line_naming_the_setting(
     lines = stderr.splitlines()
     named = [line for line in lines if "STREAMER_KAFKA__BOOTSTRAP_SERVERS" in line]
     assert named == [lines[-1]], stderr
-    assert named[0] == (f"streamer: STREAMER_KAFKA__BOOTSTRAP_SERVERS: no broker of {bootstrap} answered within "
-                        f"STREAMER_KAFKA__STARTUP_TIMEOUT_S=2s (connecting to {bootstrap}: ConnectionRefusedError: "
-                        "[Errno 111] Connection refused)")
+    last = json.loads(named[0])  # STREAMER_LOG_FORMAT=json: the closing error is a JSON line too
+    assert last["level"] == "error"
+    assert last["msg"] == (f"streamer: STREAMER_KAFKA__BOOTSTRAP_SERVERS: no broker of {bootstrap} answered within "
+                           f"STREAMER_KAFKA__STARTUP_TIMEOUT_S=2s (connecting to {bootstrap}: ConnectionRefusedError: "
+                           "[Errno 111] Connection refused)")
     attempts = [json.loads(line) for line in lines if '"attempt"' in line]
     assert 2 <= len(attempts) <= 3, "attempts at 0, 0.5 and 1.5 s (the next would be at 3.5 s)"
 
