@@ -31,17 +31,23 @@ from streamer.transport import OutRecord, RecordAppender
 PARTITIONS = 4
 
 
-def produce(bootstrap: str, topic: str, n_readings: int, n_streams: int, start_ms: int) -> float:
-    """N single readings round-robin over S streams, stamped from `start_ms` on; the seconds it took."""
+def produce(bootstrap: str, topic: str, n_readings: int, n_streams: int, start_ms: int, rate: float = 0) -> float:
+    """N single readings round-robin over S streams, stamped from `start_ms` on, at `rate` per second (0: as fast
+    as the producer goes); the seconds it took."""
     ids = stream_ids(n_streams)
     keys = [s.encode() for s in ids]
     producer = fast_producer(bootstrap)
     parts = partitioner(topic, producer, keys)
     appender = RecordAppender(producer)
     started = time.perf_counter()
-    for lo in range(0, n_readings, 20_000):
+    step = max(1, int(rate / 10)) if rate else 20_000  # paced: a tenth of a second's readings at a time
+    for lo in range(0, n_readings, step):
+        if rate:
+            ahead = started + lo / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
         batch = []
-        for i in range(lo, min(n_readings, lo + 20_000)):
+        for i in range(lo, min(n_readings, lo + step)):
             key = keys[i % n_streams]
             value = b'{"stream":"%s","ts":%d,"values":[%d.25]}' % (key, start_ms + i, i % 13)
             batch.append(OutRecord(topic, key, value, parts[i % n_streams]))
@@ -106,11 +112,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         group = f"restore-{run_id}"
         settings = {"STREAMER_KAFKA__GROUP_ID": group, "STREAMER_KAFKA__TRANSACTIONAL_ID": f"tx-{run_id}",
                     "STREAMER_METRICS__PORT": str(port)}
+        if args.kafka_defaults:  # the changelog as Kafka's defaults would make it (what the daemon created before)
+            settings.update(STREAMER_KAFKA__CHANGELOG_SEGMENT_BYTES=str(2**30),
+                            STREAMER_KAFKA__CHANGELOG_SEGMENT_MS=str(7 * 86_400_000),
+                            STREAMER_KAFKA__CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO="0.5")
         start_ms = int(time.time() * 1000) - 2 * args.readings - 600_000
         serve = Serve(bootstrap, src, out, dead, True, settings, broker.pid())
-        log(f"load: {args.readings} readings of {args.streams} streams while the daemon runs")
+        log(f"load: {args.readings} readings of {args.streams} streams at {args.rate}/s while the daemon runs")
         load_started = time.perf_counter()
-        produce_s = produce(bootstrap, src, args.readings, args.streams, start_ms)
+        produce_s = produce(bootstrap, src, args.readings, args.streams, start_ms, args.rate)
         wait_consumed(serve, port, args.readings, timeout=1800)
         load_s = time.perf_counter() - load_started
         changelog = f"{group}-state-changelog"
@@ -118,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"changelog after the load: {after_load}; waiting {args.settle} s for the log cleaner")
         time.sleep(args.settle)
         settled = changelog_size(broker, changelog)
-        serve.stop()
+        load_stats = serve.stop()
         log(f"backlog: {args.readings} readings with the daemon stopped")
         produce(bootstrap, src, args.readings, args.streams, start_ms + args.readings)
         serve = Serve(bootstrap, src, out, dead, True, settings, broker.pid())
@@ -133,8 +143,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log_text = "".join(serve.text)
         serve.stop()
         return {
-            "streams": args.streams, "load_readings": args.readings, "load_s": round(load_s, 2),
+            "streams": args.streams, "load_readings": args.readings, "load_rate": args.rate,
+            "changelog_configs": "kafka defaults" if args.kafka_defaults else "daemon defaults",
+            "load_s": round(load_s, 2),
             "load_per_s": round(args.readings / load_s), "produce_s": round(produce_s, 2),
+            "load_commits": load_stats.get("commits"), "load_polls": load_stats.get("polls"),
             "changelog_records_after_load": after_load["records"], "changelog_bytes_after_load": after_load["bytes"],
             "changelog_segments_after_load": after_load["segments"], "settle_s": args.settle,
             "changelog_records": settled["records"], "changelog_bytes": settled["bytes"],
@@ -153,6 +166,7 @@ def table(r: dict[str, Any]) -> str:
     """The report as aligned lines."""
     mib = 2**20
     return "\n".join([
+        f"changelog configs: {r['changelog_configs']}",
         f"load: {r['load_readings']:,} readings of {r['streams']} streams in {r['load_s']} s ({r['load_per_s']:,}/s)",
         f"changelog after the load: {r['changelog_records_after_load']:,} records, "
         f"{r['changelog_bytes_after_load'] / mib:.1f} MiB in {r['changelog_segments_after_load']} segments",
@@ -171,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1000, help="streams (default 1000)")
     parser.add_argument("--readings", type=int, default=2_000_000, help="readings of the load and of the backlog")
     parser.add_argument("--settle", type=float, default=30.0, help="seconds to wait for compaction after the load")
+    parser.add_argument("--rate", type=float, default=20_000.0,
+                        help="readings per second of the load (default 20000, which the daemon keeps up with: small "
+                        "frequent commits, the changelog's worst case); 0: as fast as the producer goes")
+    parser.add_argument("--kafka-defaults", action="store_true",
+                        help="create the changelog with Kafka's default segment and cleaning configs, for comparison")
     parser.add_argument("--quick", action="store_true", help="200k readings, 20 s settle")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

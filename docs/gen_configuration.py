@@ -22,9 +22,12 @@ HEADER = """\
 
 streamer reads its settings from `STREAMER_*` environment variables, or from a `.env` file in its working
 directory. Nested settings join their names with `__` (`STREAMER_KAFKA__BOOTSTRAP_SERVERS` sets
-`kafka.bootstrap_servers`); lists are written as JSON (`STREAMER_KAFKA__INPUT_TOPICS='["readings"]'`). A wrong
-value stops the daemon at start-up with the variable's name and the reason. `streamer settings` prints the same
-table.
+`kafka.bootstrap_servers`); lists are comma-separated or JSON (`STREAMER_KAFKA__INPUT_TOPICS=a,b` or
+`'["a", "b"]'`), client options are JSON objects. A wrong value stops the daemon at start-up with the variable's
+name and the reason, and so does an unknown `STREAMER_*` variable or `.env` key, naming the closest setting
+(`STREAMER_TEST_*` variables belong to the test suite and are not checked). `streamer settings` prints the
+settings in effect, secrets masked, and exits 2 naming the setting when one is wrong: a pre-flight check for CI
+or an init container. `streamer settings --reference` prints this table.
 
 Where they are set in the deployment files:
 

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streamer import record_reader
 from streamer.config import KafkaSettings
-from streamer.transport import common_config
+from streamer.transport import client_options, common_config
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ class ChangelogRestorer:
 
     def _client(self) -> KafkaConsumer:
         if self._consumer is None:
-            self._consumer = KafkaConsumer(**common_config(self.kafka), group_id=None, enable_auto_commit=False,
-                                           isolation_level="read_committed")
+            self._consumer = KafkaConsumer(**common_config(self.kafka), **client_options(self.kafka, "consumer"),
+                                           group_id=None, enable_auto_commit=False, isolation_level="read_committed")
             record_reader.install(self._consumer)
         return self._consumer
 

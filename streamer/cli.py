@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
-from streamer.config import load_settings
+from streamer.config import derive_instance_id, load_settings, requested_log_format
 from streamer.errors import StreamerError
 from streamer.eval_cli import register as register_eval
 from streamer.logs import setup_logging
@@ -17,29 +21,59 @@ from training.cli import register as register_training
 log = logging.getLogger("streamer")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGTERM or SIGINT."""
-    from streamer.heap import BatchCollector
-    from streamer.service import Service
+class _Signals:
+    """SIGTERM and SIGINT: the running service finishes its batch and stops; before it exists (torch and the
+    model load for seconds) the process ends at once."""
 
-    settings = load_settings()
+    def __init__(self) -> None:
+        self.service = None
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        if self.service is None:
+            raise SystemExit(0)
+        self.service.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT; the HTTP endpoints open first, before torch is even imported."""
+    from streamer.metrics import HealthServer, Metrics
+
+    settings = derive_instance_id(load_settings())
     setup_logging(settings.log_level, settings.log_format)
     log.info("settings", extra={"settings": settings.masked()})
-    collector = BatchCollector()
-    service = Service(settings, collector=collector)
+    signals = _Signals()
+    metrics, m, http = Metrics(), settings.metrics, None
+    if m.enabled:
+        http = HealthServer(metrics, m.host, m.port, reason=lambda: "starting: loading the model").start()
+        log.info("http endpoints on %s:%d", m.host, http.port, extra={"host": m.host, "port": http.port})
+    try:
+        from streamer.heap import BatchCollector
+        from streamer.service import Service
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: finishing the current batch", signal.Signals(signum).name)
-        service.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+        collector = BatchCollector()
+        signals.service = Service(settings, collector=collector, metrics=metrics, http=http)
+    except BaseException:
+        if http is not None:
+            http.stop()
+        raise
     collector.start()
     try:
-        service.run()
+        signals.service.run()
     finally:
         collector.stop()
-    return 0
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown: unloading torch takes 1-2 s, which would delay a stop
+    past a second. The service has closed its Kafka clients, files and port by now; the logs are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -74,10 +108,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    """Print the settings reference (Markdown), generated from the Settings class."""
-    from streamer.config import settings_markdown
+    """Print the effective settings, secrets masked (exit 2 naming the setting when one is wrong), or with
+    --reference every setting with its type, default and meaning."""
+    from streamer.config import effective_variables, settings_markdown
+    from streamer.transport import check_client_options
 
-    print(settings_markdown())
+    if args.reference:
+        print(settings_markdown())
+        return 0
+    settings = derive_instance_id(load_settings())
+    check_client_options(settings.kafka)
+    if args.json:
+        print(json.dumps(settings.masked(), indent=2))
+    else:
+        print("\n".join(f"{name}={value}" for name, value in effective_variables(settings)))
     return 0
 
 
@@ -87,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamer",
         description="Stateful LSTM/GRU models over Kafka sensor streams. Settings come from STREAMER_* "
                     "environment variables (nested with __), e.g. STREAMER_KAFKA__BOOTSTRAP_SERVERS.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the daemon (settings from STREAMER_* variables)",
@@ -117,21 +162,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=1000, help="print every N-th output")
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("settings", help="print the settings reference",
-                       description="Every STREAMER_* setting with its type, default and meaning, as Markdown.")
+    p = sub.add_parser("settings", help="check and print the effective settings (a pre-flight check)",
+                       description="Read the settings as `streamer serve` would and print them, one "
+                                   "VARIABLE=value a line, secrets masked; a wrong or unknown setting exits 2 "
+                                   "naming it. --reference prints every setting's type, default and meaning.")
+    p.add_argument("--json", action="store_true", help="print the effective settings as one JSON object")
+    p.add_argument("--reference", action="store_true", help="print the settings reference (Markdown)")
     p.set_defaults(func=cmd_settings)
     register_training(sub)
     register_eval(sub)
     return parser
 
 
+def package_version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    try:
+        return metadata.version("streamer")
+    except metadata.PackageNotFoundError:
+        from streamer import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `streamer` console script."""
     args = build_parser().parse_args(argv)
+    json_logs = requested_log_format() == "json"
+    if json_logs:  # errors before a command sets up its logging (a wrong setting, an uncaught exception): JSON too
+        setup_logging("WARNING", "json")
     try:
         return args.func(args)
     except StreamerError as exc:
-        print(f"streamer: {exc}", file=sys.stderr)
+        if json_logs:
+            log.error("streamer: %s", exc, extra={"error": type(exc).__name__})
+        else:
+            print(f"streamer: {exc}", file=sys.stderr)
         return 2
 
 

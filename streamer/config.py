@@ -5,23 +5,59 @@ This is the only module that reads the environment. A wrong setting fails at sta
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-from typing import Literal, get_args, get_origin
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from streamer.cpu_quota import cpu_quota
 from streamer.errors import ConfigError
+
+RESERVED_PREFIX = "STREAMER_TEST_"  # variables of the test harness (STREAMER_TEST_BOOTSTRAP), not settings
+SECRET_WORDS = ("password", "secret", "token")  # client options whose key holds one of these are masked
+
+
+def _comma_list(value: object) -> object:
+    """A list setting given as text: a JSON list, or comma-separated names."""
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def _json_object(value: object) -> object:
+    """An options setting given as text: a JSON object."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg}); give a JSON object such as {{\"fetch_max_bytes\": 1000000}}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("give a JSON object such as {\"fetch_max_bytes\": 1000000}")
+    return parsed
+
+
+ClientOptions = Annotated[dict[str, Any], NoDecode]
 
 
 class KafkaSettings(BaseModel):
     """Where the readings come from and where the outputs go."""
 
+    model_config = ConfigDict(extra="forbid")
+
     bootstrap_servers: str = Field(default="127.0.0.1:19092", description="comma-separated host:port list")
-    input_topics: list[str] = Field(default_factory=lambda: ["readings"],
-                                    description="topics of readings, as a JSON list")
+    input_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["readings"], description="topics of readings: comma-separated or a JSON list")
     input_pattern: str | None = Field(
         default=None, description="regular expression of input topics; replaces input_topics when set")
     forecast_topic: str = Field(default="forecasts", description="topic of forecasts (one per cadence step)")
@@ -35,7 +71,25 @@ class KafkaSettings(BaseModel):
         default=None,
         description="compacted per-stream state topic, co-partitioned with input; default: <group_id>-state-changelog")
     instance_id: str | None = Field(
-        default=None, description="static group membership id: a restart takes its partitions back at once")
+        default=None, description="static group membership id: a restart takes its partitions back at once; "
+        "`streamer serve` defaults it to the environment variable POD_NAME when set (a StatefulSet's stable name)")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="where a partition without a committed offset starts")
+    output_partitions: int | None = Field(
+        default=None, gt=0, description="partitions of the forecast, alert, event and dead-letter topics the "
+        "daemon creates; default: the input's count (the changelog always has the input's)")
+    replication_factor: int = Field(
+        default=-1, ge=-1, description="replication factor of the topics the daemon creates; -1: the broker's "
+        "default.replication.factor (Kafka 2.4 or newer)")
+    consumer_options: ClientOptions = Field(
+        default_factory=dict, description="more kafka-python KafkaConsumer options, as a JSON object, e.g. "
+        "{\"fetch_max_bytes\": 52428800}; unknown keys fail at start-up")
+    producer_options: ClientOptions = Field(
+        default_factory=dict, description="more kafka-python KafkaProducer options, as a JSON object, e.g. "
+        "{\"compression_type\": \"lz4\"}")
+    admin_options: ClientOptions = Field(
+        default_factory=dict, description="more kafka-python KafkaAdminClient options, as a JSON object, e.g. "
+        "{\"request_timeout_ms\": 60000}")
     session_timeout_ms: int = Field(
         default=10_000, ge=6_000, description="a member silent this long leaves the group; its partitions move")
     transaction_timeout_ms: int = Field(
@@ -64,6 +118,9 @@ class KafkaSettings(BaseModel):
     ssl_certfile: str | None = Field(default=None, description="client certificate (mutual TLS)")
     ssl_keyfile: str | None = Field(default=None, description="client private key (mutual TLS)")
     ssl_password: SecretStr | None = Field(default=None, description="password of the client key; never logged")
+    startup_timeout_s: float | None = Field(
+        default=None, gt=0, description="give up (exit non-zero) when no broker answered this long after start-up; "
+        "default: retry for ever (with capped exponential backoff; /healthz answers 200, /readyz 503 meanwhile)")
 
     changelog_segment_bytes: int = Field(
         default=16 * 2**20, ge=2**20, description="segment size of the changelog topic the daemon creates: compaction "
@@ -87,6 +144,23 @@ class KafkaSettings(BaseModel):
         """The changelog topic's name, derived from the group id unless set."""
         return self.changelog_topic or f"{self.group_id}-state-changelog"
 
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _topics_from_text(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @field_validator("consumer_options", "producer_options", "admin_options", mode="before")
+    @classmethod
+    def _options_from_text(cls, value: object) -> object:
+        return _json_object(value)
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the broker's default) or at least 1")
+        return value
+
     @field_validator("input_topics")
     @classmethod
     def _at_least_one_topic(cls, topics: list[str]) -> list[str]:
@@ -105,6 +179,8 @@ class KafkaSettings(BaseModel):
 class ModelSettings(BaseModel):
     """The model to serve until a checkpoint is configured: a freshly initialised network, seeded."""
 
+    model_config = ConfigDict(extra="forbid")
+
     family: Literal["rnn", "lstm", "gru"] = Field(default="gru", description="recurrent cell")
     n_features: int = Field(default=1, gt=0, description="values per reading")
     hidden: int = Field(default=32, gt=0, description="hidden units per layer")
@@ -118,6 +194,8 @@ class ModelSettings(BaseModel):
 
 class EngineSettings(BaseModel):
     """How many streams are held and how readings are batched."""
+
+    model_config = ConfigDict(extra="forbid")
 
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when visible")
     capacity: int = Field(default=100_000, gt=0, description="streams held in memory; least recently used go first")
@@ -145,6 +223,8 @@ class EngineSettings(BaseModel):
 
 class OutputSettings(BaseModel):
     """What the daemon publishes and how often."""
+
+    model_config = ConfigDict(extra="forbid")
 
     forecast_every: int = Field(
         default=1, gt=0, description="publish a stream's forecast after every n-th of its readings")
@@ -219,6 +299,8 @@ class DetectorsSettings(BaseModel):
 class MetricsSettings(BaseModel):
     """The HTTP port with /metrics, /healthz and /readyz."""
 
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool = Field(default=True, description="serve /metrics, /healthz and /readyz")
     host: str = Field(default="0.0.0.0", description="address the HTTP endpoints listen on")
     port: int = Field(default=9108, ge=0, le=65535, description="port of the HTTP endpoints; 0: any free port")
@@ -250,13 +332,52 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict:
         """The settings as JSON-ready data with secrets masked, for the start-up log."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        for name in ("consumer_options", "producer_options", "admin_options"):
+            options = data["kafka"][name]
+            for key in options:
+                if any(word in key.lower() for word in SECRET_WORDS):
+                    options[key] = "**********"
+        return data
+
+
+def known_variables() -> set[str]:
+    """Every STREAMER_* variable that is a setting, the groups (e.g. STREAMER_KAFKA, as JSON) included."""
+    names = {row[0] for row in settings_reference()}
+    names.update(f"STREAMER_{name.upper()}" for name in Settings.model_fields)
+    return names
+
+
+def unknown_variables(env_file: str | Path | None = ".env") -> list[str]:
+    """A problem for every STREAMER_* variable of the environment or the .env file that is no setting."""
+    known = known_variables()
+    leaves = sorted(row[0] for row in settings_reference())  # suggestions: the settings, not their groups
+    sources: list[tuple[str, Mapping[str, str | None]]] = [("environment", os.environ)]
+    if env_file is not None and Path(env_file).is_file():
+        sources.append((str(env_file), dotenv_values(env_file)))
+    problems = []
+    for where, names in sources:
+        for name in names:
+            key = name.upper()
+            if not key.startswith("STREAMER_") or key.startswith(RESERVED_PREFIX) or key in known:
+                continue
+            close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}?" if close else "`streamer settings --reference` lists the settings"
+            problems.append(f"{name} (in the {where}): no such setting; {hint}")
+    return problems
 
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; raise ConfigError naming each bad setting as its environment variable."""
+    unknown = unknown_variables(Settings.model_config.get("env_file"))
+    if unknown:
+        raise ConfigError("invalid settings: " + "; ".join(unknown))
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # a value the settings source could not even parse (e.g. a group's bad JSON)
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"STREAMER_{field.group(1).upper()}" if field else "settings"
+        raise ConfigError(f"invalid settings: {name}: not valid JSON ({exc.__cause__})") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -267,6 +388,31 @@ def load_settings(**overrides: object) -> Settings:
             path = "__".join(str(p) for p in err["loc"]).upper()
             problems.append(f"STREAMER_{path}: {msg}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def requested_log_format() -> str:
+    """STREAMER_LOG_FORMAT alone (environment, then .env), so that errors before the settings are read, such as
+    a wrong setting, come out in the format asked for; 'text' unless it says 'json'."""
+    env_file = Settings.model_config.get("env_file")
+    dotenv = dotenv_values(env_file) if env_file is not None and Path(env_file).is_file() else {}
+    for source in (os.environ, dotenv):
+        for name, value in source.items():
+            if name.upper() == "STREAMER_LOG_FORMAT" and value is not None:
+                return "json" if value.strip().lower() == "json" else "text"
+    return "text"
+
+
+def derive_instance_id(settings: Settings) -> Settings:
+    """The settings with kafka.instance_id defaulted to the pod name (POD_NAME), for `streamer serve`.
+
+    One daemon runs per pod, so the pod's name is unique in the group; a StatefulSet's pod keeps its name
+    across restarts, so static membership hands a restarted pod its partitions back without a rebalance.
+    Only the serving process derives it: tests and tools that run several services in one process do not.
+    """
+    pod = os.environ.get("POD_NAME", "").strip()
+    if settings.kafka.instance_id or not pod:
+        return settings
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"instance_id": pod})})
 
 
 def resolve_device(choice: str) -> str:
@@ -304,6 +450,22 @@ def settings_reference() -> list[tuple[str, str, str, str]]:
             rows.append((f"{prefix}{name.upper()}", type_name, json.dumps(default), field.description or ""))
 
     walk(Settings, "STREAMER_")
+    return rows
+
+
+def effective_variables(settings: Settings) -> list[tuple[str, str]]:
+    """(environment variable, value) for every setting as it is in effect, secrets masked; values as one would
+    set them (text as is, everything else as JSON; null: unset)."""
+    rows = []
+
+    def walk(data: dict, prefix: str) -> None:
+        for name, value in data.items():
+            if isinstance(value, dict) and prefix == "STREAMER_":  # a group, not an options object
+                walk(value, f"{prefix}{name.upper()}__")
+                continue
+            rows.append((f"{prefix}{name.upper()}", value if isinstance(value, str) else json.dumps(value)))
+
+    walk(settings.masked(), "STREAMER_")
     return rows
 
 

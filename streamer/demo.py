@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -10,25 +11,48 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamer.config import load_settings
+from streamer.config import KafkaSettings, Settings, load_settings
+from streamer.errors import KafkaUnavailable
 from streamer.replay import load_series, replay
 from streamer.schema import forecasts_of
-from streamer.service import Service
-from streamer.transport import ensure_topics
+from streamer.transport import ensure_topics, reachable
 
 # Two malformed records show that bad input goes to the dead-letter topic instead of stopping the daemon.
 BAD_RECORDS = [b'{"stream": "broken-sensor", "ts": 1, "values": [NaN]}', b"not json at all"]
 
 
-def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: float = 300.0) -> int:
-    """Replay `files` (one stream each) through a Service and print every `every`-th output; 0 on success."""
+def await_broker(kafka: KafkaSettings, timeout_s: float) -> str | None:
+    """Wait up to `timeout_s` for a bootstrap server to accept connections: None once one does, else the error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            reachable(kafka, timeout_s=max(0.1, min(2.0, deadline - time.monotonic())))
+            return None
+        except KafkaUnavailable as exc:
+            if time.monotonic() >= deadline:
+                return str(exc)
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def demo_settings(bootstrap: str) -> Settings:
+    """The daemon's settings for one demo run: fresh topics, group and transactional id."""
     run = uuid.uuid4().hex[:8]
-    settings = load_settings(kafka={
+    return load_settings(kafka={
         "bootstrap_servers": bootstrap, "input_topics": [f"demo-readings-{run}"],
         "forecast_topic": f"demo-forecasts-{run}", "dead_letter_topic": f"demo-dead-letters-{run}",
         "group_id": f"demo-{run}", "transactional_id": f"demo-{run}",
     }, engine={"max_batch_readings": 500}, metrics={"port": 0})
+
+
+def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: float = 300.0) -> int:
+    """Replay `files` (one stream each) through a Service and print every `every`-th output; 0 on success."""
+    settings = demo_settings(bootstrap)
     k = settings.kafka
+    error = await_broker(k, timeout_s)
+    if error is not None:
+        print(f"demo: no Kafka broker at {bootstrap} answered within {timeout_s:g}s ({error}); start one with "
+              "`make kafka-up`, or name one with --bootstrap", file=sys.stderr)
+        return 1
     ensure_topics(k, {k.input_topics[0]: {"num_partitions": 2}, k.forecast_topic: {}, k.dead_letter_topic: {}})
     series = [load_series(p)[:3] for p in files]
     expected = sum(len(ts) for _, ts, _ in series)
@@ -39,6 +63,8 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
     for raw in BAD_RECORDS:
         producer.send(k.input_topics[0], key=b"broken-sensor", value=raw)
     producer.close()
+
+    from streamer.service import Service  # torch: seconds to import, not spent when there is no broker
 
     service = Service(settings)
     thread = threading.Thread(target=service.run, name="streamer-serve", daemon=True)

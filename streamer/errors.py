@@ -26,5 +26,9 @@ class StateError(StreamerError):
     """A state snapshot cannot be restored (wrong version, dtype or shape)."""
 
 
+class KafkaUnavailable(StreamerError):
+    """The Kafka cluster is not usable (yet): no broker answers, or an input topic is missing; names the setting."""
+
+
 class DataError(StreamerError):
     """A data file is missing or holds a value that cannot be read; the message names the file (and the row)."""

@@ -27,6 +27,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from streamer.errors import ConfigError
 from streamer.schema import DEAD_LETTER_REASONS
 
 log = logging.getLogger(__name__)
@@ -181,16 +182,27 @@ class Metrics:
 
 
 class HealthServer:
-    """/metrics, /healthz (the loop is alive) and /readyz (ready to process) on one port, in a thread.
+    """/metrics, /healthz (the loop is alive) and /readyz (ready to process, else why not) on one port, in a thread.
 
-    `not_ready` returns why the instance is not ready ('' when it is), which /readyz answers with its 503."""
+    It can start before whatever it reports on exists (the daemon opens it before loading torch and the model):
+    until `bind` is called it answers alive, and not ready with the reason "starting".
+    """
 
-    def __init__(self, metrics: Metrics, host: str, port: int, alive: Callable[[], bool],
-                 not_ready: Callable[[], str]) -> None:
-        handler = _handler(metrics, alive, not_ready)
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+    def __init__(self, metrics: Metrics, host: str, port: int, alive: Callable[[], bool] = lambda: True,
+                 ready: Callable[[], bool] = lambda: False, reason: Callable[[], str] = lambda: "starting") -> None:
+        self.bind(alive, ready, reason)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), _handler(metrics, self))
+        except OSError as exc:
+            raise ConfigError(f"STREAMER_METRICS__PORT: cannot listen on {host}:{port}: {exc}") from None
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="streamer-http", daemon=True)
+        # shutdown() waits for serve_forever's next poll: a short one lets the process stop at once
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="streamer-http", daemon=True)
+
+    def bind(self, alive: Callable[[], bool], ready: Callable[[], bool], reason: Callable[[], str]) -> None:
+        """Report on these: liveness, readiness, and why it is not ready (the body of a 503 from /readyz)."""
+        self.alive, self.ready, self.reason = alive, ready, reason
 
     @property
     def port(self) -> int:
@@ -204,22 +216,23 @@ class HealthServer:
 
     def stop(self) -> None:
         """Stop serving and release the port."""
-        self.httpd.shutdown()
+        if self.thread.is_alive():
+            self.httpd.shutdown()
         self.httpd.server_close()
 
 
-def _handler(metrics: Metrics, alive: Callable[[], bool], not_ready: Callable[[], str]) -> type:
+def _handler(metrics: Metrics, server: HealthServer) -> type:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                ok = alive()
+                ok = server.alive()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
             elif path == "/readyz":
-                why = not_ready()
-                self._send(503 if why else 200, f"not ready: {why}\n".encode() if why else b"ready\n")
+                ok = server.ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else f"not ready: {server.reason()}\n".encode())
             else:
                 self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
 

@@ -30,7 +30,7 @@ from streamer.changelog import ChangelogRestorer, ColdStore
 from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors, pipeline_config
 from streamer.engine import Engine, initial_state_of
-from streamer.errors import CheckpointError, ConfigError, InvalidRecord
+from streamer.errors import CheckpointError, ConfigError, InvalidRecord, KafkaUnavailable
 from streamer.heap import BatchCollector
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import (
@@ -48,12 +48,14 @@ from streamer.transport import (
     Committer,
     OutRecord,
     admin_topics,
+    check_client_options,
     ensure_topics,
     make_consumer,
     make_producer,
     next_offsets,
     partition_count,
     partition_for,
+    reachable,
     topic_configs,
 )
 
@@ -64,6 +66,7 @@ _G9 = "{:.9g}".format  # 9 significant digits; mapped, a third cheaper than an f
 _NO_EXTRA: dict = {}  # the extras of a stream without any (read only)
 MAX_DEAD_LETTER_KEY = 1024  # a longer input key is replaced by its sha256 in the dead letter, which must fit
 LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
+STARTUP_BACKOFF_S = (0.5, 5.0)  # first and longest wait between attempts to reach the cluster at start-up
 
 
 @dataclass
@@ -121,8 +124,10 @@ class Service:
     """Consumes readings, keeps each stream's state across polls, publishes forecasts; exactly once."""
 
     def __init__(self, settings: Settings, model: RecurrentModel | None = None,
-                 metrics: Metrics | None = None, collector: BatchCollector | None = None) -> None:
+                 metrics: Metrics | None = None, collector: BatchCollector | None = None,
+                 http: HealthServer | None = None) -> None:
         self.settings = settings
+        check_client_options(settings.kafka)  # an unknown client option fails here, before any broker round trip
         self.collector = collector  # runs the cyclic garbage collector between batches (the daemon's process)
         self.device = resolve_device(settings.engine.device)
         self.threads = resolve_threads(settings.engine.threads)
@@ -140,13 +145,14 @@ class Service:
         self.heartbeat = time.monotonic()
         self.failed_commits_in_row = 0
         self.last_progress = time.monotonic()  # a restore slice or a batch did work, or there was none to do
-        self.restore_status = "no input partitions assigned"
         self._restorer: ChangelogRestorer | None = None
         self._restore_began = 0.0
         self._restore_records = 0
         self._restore_partitions: list[int] = []
         self._lag_due = False
-        self.http: HealthServer | None = None
+        self.http = http  # the endpoints, when opened before the service (else run() opens them)
+        self._reason = "starting"  # why /readyz says not ready
+        self._answered = False  # a bootstrap server accepted a connection in the last start-up attempt
         self._pending = _Pending()
         self._committer: Committer | None = None
         self._inflight: tuple[_Pending, int, float] | None = None  # the commit running: work, states, start
@@ -156,6 +162,8 @@ class Service:
         self._forecast_partitions = 1
         self._forecast_keys: dict[str, tuple[bytes, int, str]] = {}  # stream -> its forecasts' key, partition, head
         self.metrics.set_model(self.served.name, self.served.version, self.served.family)
+        if http is not None:
+            http.bind(self.alive, self.ready.is_set, self.not_ready_reason)
 
     # -- model --------------------------------------------------------------------------------------
     def _make_engine(self, served: ServedModel, store=None) -> Engine:
@@ -223,17 +231,23 @@ class Service:
         return sorted(t for t in admin_topics(k) if pattern.fullmatch(t))
 
     def _prepare_topics(self) -> None:
-        """Check the inputs are co-partitioned and create missing output, dead-letter and changelog topics."""
+        """Check the inputs are co-partitioned and create missing output, dead-letter and changelog topics: the
+        outputs with STREAMER_KAFKA__OUTPUT_PARTITIONS partitions (default: the input's), the changelog with the
+        input's."""
         k = self.settings.kafka
         topics = self.input_topics()
-        if not topics:
-            raise ConfigError(f"STREAMER_KAFKA__INPUT_PATTERN: no topic matches {k.input_pattern!r}")
+        if not topics:  # retried at start-up (as a missing input topic is): the topics may come after the daemon
+            raise KafkaUnavailable(f"STREAMER_KAFKA__INPUT_PATTERN: no topic matches {k.input_pattern!r} (yet)")
         counts = {t: partition_count(k, t) for t in topics}
+        missing = sorted(t for t, n in counts.items() if n == 0)
+        if missing:
+            raise KafkaUnavailable(f"STREAMER_KAFKA__INPUT_TOPICS: {', '.join(missing)} do not exist (yet)")
         if len(set(counts.values())) != 1:
             raise ConfigError(f"STREAMER_KAFKA__INPUT_TOPICS: topics must have equal partition counts, got {counts}")
         n = next(iter(counts.values()))
+        outputs = {"num_partitions": k.output_partitions or n}
         ensure_topics(k, {
-            k.forecast_topic: {}, k.alert_topic: {}, k.event_topic: {}, k.dead_letter_topic: {},
+            k.forecast_topic: outputs, k.alert_topic: outputs, k.event_topic: outputs, k.dead_letter_topic: outputs,
             k.changelog: {"num_partitions": n, "configs": k.changelog_configs},
         })
         self._check_changelog_configs()
@@ -257,44 +271,38 @@ class Service:
                                    "setting": setting if key != "cleanup.policy" else "cleanup.policy=compact"})
 
     def alive(self) -> bool:
-        """/healthz: the loop turned recently, made progress when there was work, and its commits succeed."""
+        """/healthz: the loop (or, at start-up, the wait for the cluster) turned recently, made progress when there
+        was work (a restore, or input lag), and its commits are not failing over and over."""
         m, now = self.settings.metrics, time.monotonic()
         return (now - self.heartbeat < m.liveness_timeout_s and now - self.last_progress < m.stall_timeout_s
                 and self.failed_commits_in_row < m.unhealthy_after_failed_commits)
 
-    def readiness(self) -> str:
-        """Why the instance is not ready, or '' when it is (for /readyz)."""
-        return "" if self.ready.is_set() else self.restore_status or "not serving"
+    def not_ready_reason(self) -> str:
+        """Why /readyz answers 503: connecting (and the last error), waiting for partitions, restoring their state
+        (and the records left), a Kafka failure."""
+        return self._reason
 
     def run(self) -> LoopStats:
-        """Process until stop() is called, surviving Kafka failures; returns what was done."""
-        self._prepare_topics()
-        torch.set_num_threads(self.threads)  # the daemon's process: small model calls, Kafka threads beside
+        """Open the HTTP endpoints, wait for the cluster, then process until stop() is called, surviving Kafka
+        failures; returns what was done. Raises KafkaUnavailable past STREAMER_KAFKA__STARTUP_TIMEOUT_S."""
         m = self.settings.metrics
-        if m.enabled:
-            self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.readiness).start()
+        if m.enabled and self.http is None:
+            self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set,
+                                     self.not_ready_reason).start()
             log.info("http endpoints", extra={"host": m.host, "port": self.http.port})
         # A transaction is some five broker round trips in a row, each handled by kafka-python's network thread
         # and handed to the commit worker; while the loop processes a batch, every hand-over waits for the loop
         # to yield the interpreter. At 1 ms instead of 5 a commit took 50-60 ms instead of 65-80 (p99 110, not
         # 150-220) in the latency benchmark.
         switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(self.settings.engine.switch_interval_ms / 1000)
-        backoff = 1.0
         try:
-            while not self.stop_event.is_set():
-                try:
-                    self._serve()
-                    break
-                except KafkaError as exc:
-                    self.stats.rewinds += 1
-                    log.warning("kafka failure, rewinding to the last commit", extra={
-                        "error": repr(exc), "retry_in_s": backoff})
-                    self._rewind()
-                    self.stop_event.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
+            if self._connect():
+                torch.set_num_threads(self.threads)  # the daemon's process: small model calls, Kafka threads beside
+                sys.setswitchinterval(self.settings.engine.switch_interval_ms / 1000)
+                self._sessions()
         finally:
             sys.setswitchinterval(switch_interval)
+            self._reason = "stopped"
             self._set_ready(False)
             if self.http is not None:
                 self.http.stop()
@@ -302,9 +310,102 @@ class Service:
         log.info("stopped", extra=vars(self.stats))
         return self.stats
 
+    def _connect(self) -> bool:
+        """Wait for the cluster and prepare the topics, retrying with capped exponential backoff; False if stopped.
+
+        Each attempt runs on a worker thread, so stop() is obeyed at once whatever a Kafka client blocks on, and
+        kafka-python's own logging is quieted meanwhile: one warning per failed attempt says what failed.
+        """
+        k = self.settings.kafka
+        deadline = None if k.startup_timeout_s is None else time.monotonic() + k.startup_timeout_s
+        backoff, attempt = STARTUP_BACKOFF_S[0], 0
+        self._reason = f"connecting to {k.bootstrap_servers}"
+        kafka_log = logging.getLogger("kafka")
+        level = kafka_log.level
+        kafka_log.setLevel(logging.CRITICAL)
+        try:
+            while not self.stop_event.is_set():
+                attempt += 1
+                error = self._attempt(deadline)
+                if error is None:
+                    return not self.stop_event.is_set()
+                described = str(error) if isinstance(error, KafkaError | KafkaUnavailable) else (
+                    f"{type(error).__name__}: {error}")
+                stage = "preparing the topics on" if self._answered else "connecting to"
+                self._reason = f"{stage} {k.bootstrap_servers}: {described}"
+                log.warning("kafka not ready at %s (%s); retrying in %gs", k.bootstrap_servers, described,
+                            backoff, extra={"bootstrap_servers": k.bootstrap_servers, "error": described,
+                                            "attempt": attempt, "retry_in_s": backoff})
+                self._wait(time.monotonic() + backoff, deadline)
+                backoff = min(backoff * 2, STARTUP_BACKOFF_S[1])
+            return False
+        finally:
+            kafka_log.setLevel(level)
+
+    def _attempt(self, deadline: float | None) -> BaseException | None:
+        """One attempt to reach the cluster and prepare the topics, on a worker thread: None when it succeeded
+        (or stop() came first), else its (retryable) failure; other failures are raised."""
+        outcome: list[BaseException | None] = []
+
+        def attempt() -> None:
+            try:
+                self._answered = False
+                reachable(self.settings.kafka)
+                self._answered = True
+                self._prepare_topics()
+                outcome.append(None)
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=attempt, name="streamer-connect", daemon=True)
+        worker.start()
+        self._wait(None, deadline, worker)
+        if not outcome:  # stopped while the attempt runs: it is left to finish (or not) on its own
+            return None
+        error = outcome[0]
+        if error is not None and not isinstance(error, KafkaError | KafkaUnavailable | OSError):
+            raise error
+        return error
+
+    def _wait(self, until: float | None, deadline: float | None, worker: threading.Thread | None = None) -> None:
+        """Wait until `until` (or `worker` ends), stop() or the start-up deadline (raising KafkaUnavailable),
+        keeping /healthz alive meanwhile."""
+        while not self.stop_event.is_set():
+            self.heartbeat = self.last_progress = now = time.monotonic()  # waiting for the cluster is no stall
+            if deadline is not None and now >= deadline:
+                k = self.settings.kafka
+                what = "the cluster at {} was not ready" if self._answered else "no broker of {} answered"
+                raise KafkaUnavailable(
+                    f"STREAMER_KAFKA__BOOTSTRAP_SERVERS: {what.format(k.bootstrap_servers)} within "
+                    f"STREAMER_KAFKA__STARTUP_TIMEOUT_S={k.startup_timeout_s:g}s ({self._reason})")
+            if worker is not None and not worker.is_alive():
+                return
+            if until is not None and now >= until:
+                return
+            ends = [t for t in (until, deadline) if t is not None]
+            self.stop_event.wait(min([now + 0.05 if worker is not None else now + 1.0, *ends]) - now)
+
+    def _sessions(self) -> None:
+        """Sessions with the cluster until stopped: a Kafka failure rewinds to the last commit, backs off, retries."""
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            try:
+                self._serve()
+                return
+            except KafkaError as exc:
+                self.stats.rewinds += 1
+                self._reason = f"kafka failure, retrying in {backoff:g}s: {exc!r}"
+                log.warning("kafka failure, rewinding to the last commit", extra={
+                    "error": repr(exc), "retry_in_s": backoff})
+                self._rewind()
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
     def _serve(self) -> None:
         """One session with the cluster: clients, subscription, the poll-process-commit loop."""
         k, e = self.settings.kafka, self.settings.engine
+        self._reason = f"joining group {k.group_id}: waiting for partitions and their state"
+        self.last_progress = time.monotonic()
         consumer = make_consumer(k)
         producer = make_producer(k, self.transactional_id() if k.exactly_once else None)
         self._restorer = ChangelogRestorer(k, k.changelog, self.cold, consumer)
@@ -390,12 +491,12 @@ class Service:
         for p in done:
             self.metrics.restore_remaining.labels(str(p)).set(0)
         if left:
-            self.restore_status = (f"restoring the state of partitions {sorted(left)}: {sum(left.values())} "
+            self._reason = (f"restoring the state of partitions {sorted(left)}: {sum(left.values())} "
                                    f"changelog records left, {self._restore_records} read")
             return
         log.info("restored state", extra={"partitions": self._restore_partitions, "records": self._restore_records,
                                           "seconds": round(time.monotonic() - self._restore_began, 3)})
-        self.restore_status = ""
+        self._reason = "all partitions restored"
         self._set_ready(True)
 
     def _await_metadata(self, consumer, topics: list[str]) -> None:
@@ -454,7 +555,7 @@ class Service:
 
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""
-        self.restore_status = "reconnecting after a Kafka failure"
+        self._reason = "reconnecting after a Kafka failure"
         self._pending = _Pending()
         self._inflight = None
         self.engine.store.clear()
@@ -502,8 +603,9 @@ class Service:
         self.metrics.rebalances.labels("revoked").inc()
         self._rebalances += 1
         self._set_ready(False)
-        self._restorer.revoked(revoked)
-        self.restore_status = "partitions revoked, waiting for the next assignment"
+        if self._restorer is not None:  # none outside a session with the cluster
+            self._restorer.revoked(revoked)
+        self._reason = "partitions revoked, waiting for the next assignment"
         try:
             self._commit(wait=True)
         except Exception as exc:  # kafka-python swallows listener errors: hand it to the loop
@@ -523,10 +625,11 @@ class Service:
         runs long stalls the group's heartbeats); export their lag from now on."""
         self.metrics.rebalances.labels("assigned").inc()
         self._set_ready(False)
-        self._restorer.assigned(assigned)
+        if self._restorer is not None:
+            self._restorer.assigned(assigned)
         self._restore_began, self._restore_records = time.monotonic(), 0
         self._restore_partitions = sorted({tp.partition for tp in assigned})
-        self.restore_status = (f"restoring the state of partitions {self._restore_partitions}"
+        self._reason = (f"restoring the state of partitions {self._restore_partitions}"
                                if assigned else "no input partitions assigned")
         self._lag_due = True
 

@@ -114,3 +114,52 @@ def test_restart_on_a_million_changelog_records_stays_in_the_group(kafka_bootstr
     assert sorted({o["n"] for o in backlog}) == list(range(2, BACKLOG + 2))
     # The test's changelog has a 1 GiB segment: the daemon says which setting it differs from.
     assert "STREAMER_KAFKA__CHANGELOG_SEGMENT_BYTES" in log_text
+
+
+def test_a_restore_without_progress_turns_health_red(kafka_bootstrap, new_topic, monkeypatch):
+    """A restore that reads nothing for metrics.stall_timeout_s fails /healthz (a stuck instance is restarted);
+    once it reads again, health and readiness come back."""
+    import threading
+
+    from streamer.changelog import ChangelogRestorer
+    from streamer.config import load_settings
+    from streamer.service import Service
+
+    src = new_topic("readings", partitions=2)
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        kafka={"bootstrap_servers": kafka_bootstrap, "input_topics": [src], "forecast_topic": new_topic("out"),
+               "dead_letter_topic": new_topic("dead"), "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
+        engine={"device": "cpu", "max_wait_ms": 50}, metrics={"port": 0, "stall_timeout_s": 1.5})
+    stuck = threading.Event()
+    stuck.set()
+    real_step = ChangelogRestorer.step
+
+    def step(restorer, *args, **kwargs):
+        if stuck.is_set():  # as if the changelog's broker answered nothing
+            time.sleep(0.05)
+            return [], 0
+        return real_step(restorer, *args, **kwargs)
+
+    monkeypatch.setattr(ChangelogRestorer, "step", step)
+    service = Service(settings)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "restoring" not in http_get(service.http.port if service.http else 0, "/readyz")[1]:
+            assert time.monotonic() < deadline, "no restore began"
+            time.sleep(0.1)
+        assert http_get(service.http.port, "/healthz")[0] == 200
+        time.sleep(2.0)
+        assert http_get(service.http.port, "/healthz")[0] == 503
+        stuck.clear()
+        deadline = time.monotonic() + 30
+        while http_get(service.http.port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert http_get(service.http.port, "/readyz")[0] == 200
+        time.sleep(2.5)  # the lag gauges are refreshed every 2 s: no lag and no restore counts as progress
+        assert http_get(service.http.port, "/healthz")[0] == 200
+    finally:
+        service.stop()
+        thread.join(timeout=60)
