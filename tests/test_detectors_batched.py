@@ -98,7 +98,7 @@ def test_batched_equals_per_stream_for_any_chunking(seed, n, k):
 
 def test_other_configurations_fall_back_to_the_per_stream_path():
     pipe = AnomalyPipeline(1, PipelineConfig(value_short=4, dt_window=0))
-    assert not vectorised(pipe) and not vectorised(AnomalyPipeline(1, PRODUCT_PIPELINE))
+    assert not vectorised(pipe) and vectorised(AnomalyPipeline(1, PRODUCT_PIPELINE))
     assert vectorised(AnomalyPipeline(1, PipelineConfig(dt_window=0)))
     rng = np.random.default_rng(0)
     x, f = _series(rng, 300, 1)

@@ -4,10 +4,10 @@ The model is one small recurrent forecaster (next normalised value) shared by ev
 on the probationary rows (first 15%, at most 750) of the files under the data folder, as NAB's rules allow; it
 is then frozen and every series is streamed in chunks through `Engine.step` exactly as the daemon does, with
 the detector state of each stream kept in the state store's extras. One configuration serves every series.
-The pipeline runs with its two optional views on (see AnomalyPipeline): the forecast error is the smaller of the
-model's and the value one day earlier's (daily jobs and ramps are not anomalies), and the value's own deviation
-from the stream's running distribution is a second likelihood (spikes, level shifts); the final score is the
-larger of the two log-likelihoods.
+The pipeline is the daemon's (streamer.detection.pipeline_config: STREAMER_DETECTORS__* settings over the product
+default); its two optional views (see AnomalyPipeline) are off by default: the seasonal one takes the forecast
+error as the smaller of the model's and the value one day earlier's, the value view scores the value's own
+deviation from the stream's running distribution as a second likelihood.
 
 With `--checkpoint`, no model is pre-trained: the checkpoint is streamed as `streamer serve` runs it
 (`stream_served`). Either way the pipeline is the one streamer.detection.pipeline_config decides for the daemon.
