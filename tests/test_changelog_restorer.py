@@ -31,14 +31,21 @@ def _streams_of(cold: ColdStore, partition: int) -> dict[str, bytes]:
     return found
 
 
-def test_a_revocation_mid_restore_abandons_it_and_the_rest_completes(kafka_bootstrap, new_topic, tmp_path):
-    changelog, inputs = new_topic("changelog", partitions=2), new_topic("inputs", partitions=2)
-    _fill(kafka_bootstrap, changelog, 2)
-    group_consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+def _restorer(bootstrap: str, changelog: str, inputs: str, tmp_path) -> tuple:
+    """A restorer of `changelog` pausing the two partitions of `inputs` on a consumer assigned them."""
+    group_consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     tps = [TopicPartition(inputs, p) for p in range(2)]
     group_consumer.assign(tps)
     cold = ColdStore(str(tmp_path))
-    restorer = ChangelogRestorer(KafkaSettings(bootstrap_servers=kafka_bootstrap), changelog, cold, group_consumer)
+    restorer = ChangelogRestorer(KafkaSettings(bootstrap_servers=bootstrap), changelog, cold, group_consumer)
+    return restorer, group_consumer, cold, tps
+
+
+def test_a_revocation_mid_restore_abandons_it_and_the_rest_completes(kafka_bootstrap, new_topic, tmp_path):
+    changelog = new_topic("changelog", partitions=2)
+    _fill(kafka_bootstrap, changelog, 2)
+    restorer, group_consumer, cold, tps = _restorer(kafka_bootstrap, changelog, new_topic("inputs", partitions=2),
+                                                    tmp_path)
     try:
         restorer.assigned(tps)
         assert group_consumer.paused() == set(tps) and restorer.restoring
@@ -77,12 +84,8 @@ def test_a_revocation_mid_restore_abandons_it_and_the_rest_completes(kafka_boots
 
 
 def test_an_empty_changelog_partition_is_restored_at_once(kafka_bootstrap, new_topic, tmp_path):
-    changelog, inputs = new_topic("changelog", partitions=2), new_topic("inputs", partitions=2)
-    group_consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(inputs, p) for p in range(2)]
-    group_consumer.assign(tps)
-    cold = ColdStore(str(tmp_path))
-    restorer = ChangelogRestorer(KafkaSettings(bootstrap_servers=kafka_bootstrap), changelog, cold, group_consumer)
+    restorer, group_consumer, cold, tps = _restorer(kafka_bootstrap, new_topic("changelog", partitions=2),
+                                                    new_topic("inputs", partitions=2), tmp_path)
     try:
         restorer.assigned(tps)
         done, n = restorer.step(0.2)

@@ -11,32 +11,19 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
 from streamer.local_kafka import LocalKafka
-from tests.helpers import LogTail, collect, serve_env, start_serve
+from tests.helpers import LogTail, collect, http_get, serve_env, start_serve
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _get(port: int, path: str) -> tuple[int, str] | None:
-    """(status, body) of a GET, or None while nothing listens."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return None
 
 
 def _no_broker_serve(**extra: str) -> tuple[subprocess.Popen, int, str, float]:
@@ -61,20 +48,20 @@ def test_health_endpoints_answer_within_a_second_and_readyz_says_why(tmp_path):
     proc, port, bootstrap, started = _no_broker_serve()
     logs = LogTail(proc)
     try:
-        health = _wait_for(lambda: _get(port, "/healthz"), lambda v: v is not None, timeout=30)
+        health = _wait_for(lambda: http_get(port, "/healthz"), lambda v: v[0] != 0, timeout=30)
         elapsed = time.monotonic() - started
         assert health == (200, "ok\n")
         # Some 0.4 s on an idle machine (Python and pydantic); the bound leaves room for a busy one.
         assert elapsed < 1.5, f"/healthz answered {elapsed:.2f}s after the start"
         # Open before torch is imported and the model loaded, which take seconds.
-        assert _get(port, "/readyz") == (503, "not ready: starting: loading the model\n")
-        assert _get(port, "/metrics")[0] == 200
+        assert http_get(port, "/readyz") == (503, "not ready: starting: loading the model\n")
+        assert http_get(port, "/metrics")[0] == 200
         # Once torch and the model are loaded: the bootstrap servers and the error, retried with backoff.
-        status, body = _wait_for(lambda: _get(port, "/readyz"), lambda v: "Connection refused" in v[1], timeout=60)
+        status, body = _wait_for(lambda: http_get(port, "/readyz"), lambda v: "Connection refused" in v[1], timeout=60)
         assert (status, body) == (503, f"not ready: connecting to {bootstrap}: ConnectionRefusedError: "
                                        "[Errno 111] Connection refused\n")
         assert logs.wait_for(lambda e: e.get("attempt") == 3, timeout=30), "three attempts within 0.5 + 1 s"
-        assert _get(port, "/healthz") == (200, "ok\n")
+        assert http_get(port, "/healthz") == (200, "ok\n")
     finally:
         proc.terminate()
         entries = logs.finish(timeout=10)
@@ -100,13 +87,13 @@ def test_a_signal_while_waiting_for_the_broker_ends_the_process_within_a_second(
         logs.finish(timeout=10)
     assert code == 0
     assert elapsed < 1.0, f"exited {elapsed:.2f}s after {signal.Signals(signum).name}"
-    assert _get(port, "/healthz") is None, "the port is released"
+    assert http_get(port, "/healthz") == (0, ""), "the port is released"
 
 
 def test_a_signal_while_the_model_loads_ends_the_process_at_once():
     proc, port, _, _ = _no_broker_serve()
     try:
-        assert _wait_for(lambda: _get(port, "/readyz"), lambda v: v is not None, timeout=30)[0] == 503
+        assert _wait_for(lambda: http_get(port, "/readyz"), lambda v: v[0] != 0, timeout=30)[0] == 503
         sent = time.monotonic()
         proc.terminate()  # torch is still being imported: the service does not exist yet
         code = proc.wait(timeout=10)
@@ -157,12 +144,12 @@ def test_a_broker_that_appears_20s_after_the_daemon_is_served(tmp_path):
     started = time.monotonic()
     logs = LogTail(proc)
     try:
-        status, body = _wait_for(lambda: _get(http_port, "/readyz"), lambda v: v is not None, timeout=30)
+        status, body = _wait_for(lambda: http_get(http_port, "/readyz"), lambda v: v[0] != 0, timeout=30)
         assert status == 503 and body.startswith("not ready: ")  # how soon: test_health_endpoints_answer_...
-        assert _get(http_port, "/healthz") == (200, "ok\n")
+        assert http_get(http_port, "/healthz") == (200, "ok\n")
         assert logs.wait_for(lambda e: e.get("attempt") and "refused" in e["error"], timeout=30)
         time.sleep(max(0.0, 20 - (time.monotonic() - started)))
-        assert proc.poll() is None and _get(http_port, "/healthz")[0] == 200, "alive after 20 s without a broker"
+        assert proc.poll() is None and http_get(http_port, "/healthz")[0] == 200, "alive after 20 s without a broker"
         broker.up()
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         admin.create_topics({src: {"num_partitions": 2, "replication_factor": 1}}, wait_for_metadata=True)
@@ -176,7 +163,7 @@ def test_a_broker_that_appears_20s_after_the_daemon_is_served(tmp_path):
         got = collect(broker.bootstrap, [out], 15, timeout=120, proc=proc)[out]
         assert len(got) == 15 and {(r["stream"], r["n"]) for r in got} == {
             (s, n) for s in ("pump-1", "pump-2", "pump-3") for n in range(1, 6)}
-        assert _wait_for(lambda: _get(http_port, "/readyz"), lambda v: v[0] == 200, timeout=30) == (200, "ready\n")
+        assert _wait_for(lambda: http_get(http_port, "/readyz"), lambda v: v[0] == 200, timeout=30) == (200, "ready\n")
     finally:
         proc.terminate()
         entries = logs.finish(timeout=30)
@@ -192,7 +179,7 @@ def test_an_input_topic_created_after_the_daemon_started_is_served(kafka_bootstr
                                  STREAMER_ENGINE__MAX_WAIT_MS="50"))
     logs = LogTail(proc)
     try:
-        status, body = _wait_for(lambda: _get(http_port, "/readyz"), lambda v: v is not None and "exist" in v[1],
+        status, body = _wait_for(lambda: http_get(http_port, "/readyz"), lambda v: v[0] != 0 and "exist" in v[1],
                                  timeout=60)
         assert (status, body) == (503, f"not ready: preparing the topics on {kafka_bootstrap}: "
                                        f"STREAMER_KAFKA__INPUT_TOPICS: {src} do not exist (yet)\n")
