@@ -106,6 +106,9 @@ class Choice:
 def choose(scores: list[list[np.ndarray]], corpus: list[ns.FileTruth], files: list[int]) -> Choice:
     """Best configuration and its swept threshold on `files` only (scores[c][i]: configuration c, file i)."""
     sub = [corpus[i] for i in files]
+    if not any(t.windows for t in sub):
+        raise ConfigError(f"no labelled window in the files to choose on ({[t.name for t in sub]}): "
+                          "fewer folds, or another --cv-seed")
     best = None
     for c, per_file in enumerate(scores):
         r = ns.sweep([per_file[i] for i in files], sub, PROFILE)
