@@ -159,12 +159,15 @@ def run(data_dir: Path, out_dir: Path | None, cfg: nab.NabConfig, k: int = 5, se
     cv = cross_validate(scores, corpus, folds)
     best = choose(scores, corpus, list(range(len(corpus))))
     base = ns.sweep([streamed[s.name]["score"] for s in series], corpus, PROFILE)
+    every = [{"config": c, "standard": round(ns.sweep(sc, corpus, PROFILE).score, 3)} for c, sc in zip(
+        configs, scores, strict=True)]
     for f in cv["folds"]:
         f["chosen"] = configs[f["chosen"]]
     summary = {
         "cv_standard": cv["cv_standard"], "in_sample_standard": round(best.score, 3),
         "in_sample": {"chosen": configs[best.config], "threshold": best.threshold},
-        "base_standard": round(base.score, 3), "folds": cv["folds"], "k": k, "seed": seed,
+        "base_standard": round(base.score, 3), "folds": cv["folds"], "in_sample_every": every, "k": k,
+        "seed": seed,
         "search_space": [list(a) for a in space], "configurations": len(configs), "files": len(corpus),
         "base_pipeline": cfg.pipeline.to_dict(), "model": {f: getattr(cfg, f) for f in ("family", "hidden",
                                                                                        "layers", "seed", "epochs",
