@@ -149,12 +149,8 @@ def cmd_eval_ett(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the eval command with its nab sub-command."""
-    p = subparsers.add_parser("eval", help="evaluate the detectors on public benchmarks",
-                              description="Run benchmark data through the engine and detectors exactly as the "
-                                          "daemon would (in process, each series streamed once, in order).")
-    sub = p.add_subparsers(dest="benchmark", required=True)
+def _add_nab(sub: argparse._SubParsersAction) -> None:
+    """The `eval nab` sub-command and its options."""
     n = sub.add_parser("nab", help="Numenta Anomaly Benchmark: NAB result files, scores and plots",
                        description="DIR in NAB's layout (data/<category>/*.csv, labels/combined_windows.json). "
                                    "Pre-trains one forecaster on the probationary rows of those files only, streams "
@@ -185,6 +181,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="--cv search space, JSON: a list of axes, each a list of PipelineConfig field overrides "
                         "(default: streamer.evaluation.nab_cv.SEARCH_SPACE)")
     n.set_defaults(func=cmd_eval_nab)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the eval command with its nab sub-command."""
+    p = subparsers.add_parser("eval", help="evaluate the detectors on public benchmarks",
+                              description="Run benchmark data through the engine and detectors exactly as the "
+                                          "daemon would (in process, each series streamed once, in order).")
+    sub = p.add_subparsers(dest="benchmark", required=True)
+    _add_nab(sub)
 
     o = sub.add_parser("occupancy", help="UCI Occupancy: per-minute accuracy and event onsets/offsets",
                        description="Trains the event model on --train only (its last 15% pick the epoch and the "

@@ -73,6 +73,7 @@ def corpus_with_window(start: int, n: int = 1000) -> list[ns.FileTruth]:
 
 
 def spike(at: int, n: int = 1000) -> np.ndarray:
+    """Scores of n rows: 1 at row `at`, 0 elsewhere."""
     s = np.zeros(n)
     s[at] = 1.0
     return s
