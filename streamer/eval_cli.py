@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer.errors import DataError
+
+if TYPE_CHECKING:
+    from streamer.evaluation.nab import NabConfig
 
 
 def _use_threads(n: int | None) -> None:
@@ -44,6 +48,8 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
     # the pipeline the daemon would serve this checkpoint with (STREAMER_DETECTORS__*, its metadata, the default)
     pipeline = pipeline_config(load_settings().detectors, served.detectors if served else None)
     cfg = nab.NabConfig(pipeline=pipeline, **({} if args.epochs is None else {"epochs": args.epochs}))
+    if args.cv is not None:
+        return _eval_nab_cv(args, cfg)
     summary = nab.run(Path(args.data), Path(args.out), cfg, progress=not args.quiet, plots=not args.no_plots,
                       served=served)
     keys = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
@@ -55,6 +61,24 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
     print(f"results: {args.out}/{nab.DETECTOR}/  summary: {args.out}/summary.json")
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    return 0
+
+
+def _eval_nab_cv(args: argparse.Namespace, cfg: NabConfig) -> int:
+    """`eval nab --cv K`: the pipeline's search space chosen on K-1 folds of files, scored on the held one."""
+    from streamer.errors import ConfigError
+    from streamer.evaluation import nab_cv
+
+    if args.checkpoint:
+        raise ConfigError("--cv pre-trains its own forecaster: it takes no --checkpoint")
+    _existing("--space", args.space)
+    space = nab_cv.load_space(Path(args.space)) if args.space else nab_cv.SEARCH_SPACE
+    summary = nab_cv.run(Path(args.data), Path(args.out), cfg, k=args.cv, seed=args.cv_seed, space=space,
+                         progress=not args.quiet)
+    print("\n".join(nab_cv.report(summary)))
+    print(f"summary: {args.out}/nab_cv.json")
+    if args.json:
+        print(json.dumps(summary))
     return 0
 
 
@@ -125,12 +149,8 @@ def cmd_eval_ett(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the eval command with its nab sub-command."""
-    p = subparsers.add_parser("eval", help="evaluate the detectors on public benchmarks",
-                              description="Run benchmark data through the engine and detectors exactly as the "
-                                          "daemon would (in process, each series streamed once, in order).")
-    sub = p.add_subparsers(dest="benchmark", required=True)
+def _add_nab(sub: argparse._SubParsersAction) -> None:
+    """The `eval nab` sub-command and its options."""
     n = sub.add_parser("nab", help="Numenta Anomaly Benchmark: NAB result files, scores and plots",
                        description="DIR in NAB's layout (data/<category>/*.csv, labels/combined_windows.json). "
                                    "Pre-trains one forecaster on the probationary rows of those files only, streams "
@@ -152,7 +172,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (default 1: a tiny model is fastest on one; 0: torch's default)")
     n.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     n.add_argument("--quiet", action="store_true", help="no progress bar")
+    n.add_argument("--cv", type=int, nargs="?", const=5, default=None, metavar="K",
+                   help="K-fold cross-validation by file, stratified by category (K default 5): each fold's "
+                        "pipeline configuration (of the search space) and threshold are chosen on the other folds, "
+                        "then scored on it; reports cv_standard beside in_sample_standard, writes OUT/nab_cv.json")
+    n.add_argument("--cv-seed", type=int, default=0, help="seed of the --cv fold split (default 0)")
+    n.add_argument("--space", default=None,
+                   help="--cv search space, JSON: a list of axes, each a list of PipelineConfig field overrides "
+                        "(default: streamer.evaluation.nab_cv.SEARCH_SPACE)")
     n.set_defaults(func=cmd_eval_nab)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the eval command with its nab sub-command."""
+    p = subparsers.add_parser("eval", help="evaluate the detectors on public benchmarks",
+                              description="Run benchmark data through the engine and detectors exactly as the "
+                                          "daemon would (in process, each series streamed once, in order).")
+    sub = p.add_subparsers(dest="benchmark", required=True)
+    _add_nab(sub)
 
     o = sub.add_parser("occupancy", help="UCI Occupancy: per-minute accuracy and event onsets/offsets",
                        description="Trains the event model on --train only (its last 15% pick the epoch and the "
