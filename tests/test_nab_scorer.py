@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamer.errors import DataError
 from streamer.evaluation import nab_scorer as ns
 
 REPO_NAB = Path(__file__).resolve().parents[1] / "data" / "nab"
@@ -182,3 +183,17 @@ def test_file_scores_equal_nab_own_scores_on_the_shipped_files(detector: str) ->
                 want.append(sum(float(r[f"S(t)_{prof}"]) for r in csv.DictReader(f)))
         got = ns.file_scores(scores, corpus, THRESHOLD[detector], prof)
         assert got == pytest.approx(want, abs=1e-9), (detector, prof)
+
+
+def test_the_shipped_folder_is_a_corpus_with_its_labels():
+    """data/nab holds categories and labels/ side by side (no data/ level): its windows are found."""
+    corpus = ns.load_corpus(Path(__file__).resolve().parents[1] / "data" / "nab")
+    assert [t.name.split("/")[0] for t in corpus] == ["realAWSCloudwatch"] * 3
+    assert all(t.windows for t in corpus)
+
+
+def test_a_folder_without_labels_is_one_clear_error(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "f.csv").write_text("timestamp,value\\n2015-01-01 00:00:00,1\\n")
+    with pytest.raises(DataError, match="no NAB labels"):
+        ns.load_corpus(tmp_path)

@@ -74,10 +74,17 @@ def load_corpus(data_dir: Path, labels: Path | None = None) -> list[FileTruth]:
     """Files `data/<category>/*.csv` under data_dir (or data_dir itself) with windows from combined_windows.json."""
     data_dir = Path(data_dir)
     root = data_dir / "data" if (data_dir / "data").is_dir() else data_dir
-    labels = labels or (root.parent / "labels" / "combined_windows.json")
-    windows = json.loads(Path(labels).read_text()) if Path(labels).exists() else {}
+    paths = sorted(root.glob("*/*.csv"))
+    if not paths:
+        raise DataError(f"no NAB data files <category>/*.csv under {root}")
+    if labels is None:  # NAB's layout (data/ beside labels/), or a folder of categories with labels/ inside it
+        found = [p / "labels" / "combined_windows.json" for p in (root.parent, data_dir)]
+        labels = next((p for p in found if p.exists()), None)
+        if labels is None:
+            raise DataError(f"no NAB labels: neither {found[0]} nor {found[1]} exists")
+    windows = json.loads(Path(labels).read_text())
     corpus = []
-    for path in sorted(root.glob("*/*.csv")):
+    for path in paths:
         name = f"{path.parent.name}/{path.name}"
         ts, _ = read_series(path)
         index = {_norm_ts(t): i for i, t in enumerate(ts)}
@@ -88,8 +95,6 @@ def load_corpus(data_dir: Path, labels: Path | None = None) -> list[FileTruth]:
             except KeyError as e:
                 raise ValueError(f"{name}: window boundary {e.args[0]} is not a timestamp of the file") from None
         corpus.append(FileTruth(name, ts, sorted(rng)))
-    if not corpus:
-        raise DataError(f"no NAB data files <category>/*.csv under {root}")
     return corpus
 
 
