@@ -99,3 +99,14 @@ def test_demo_ends_with_the_labelled_windows_alerted(kafka_bootstrap, no_model_e
     assert m, last
     fired, _, alerted, outside, on_labelled = map(int, m.groups())
     assert fired == on_labelled and outside <= fired and 0 <= alerted <= 5
+
+
+def test_the_package_data_and_the_image_carry_the_builtin_checkpoint():
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["streamer"]
+    shipped = {str(p.relative_to(BUILTIN_CHECKPOINT.parent)) for p in BUILTIN_CHECKPOINT.iterdir()}
+    assert shipped == {"nab-aws-gru/meta.json", "nab-aws-gru/model.safetensors"}
+    assert all(any(fnmatch.fnmatch(f"builtin/{f}", pat) for pat in patterns) for f in shipped)
+    assert "COPY streamer ./streamer" in (ROOT / "Dockerfile").read_text()
