@@ -5,8 +5,9 @@
 #   docker build -t streamer:0.1.0-cu124 --build-arg TORCH_FLAVOUR=cu124 .   # CUDA 12.4 torch
 #
 # The build downloads only from package registries: Debian's base image and pip (PyPI, plus the PyTorch
-# wheel index of the chosen flavour). Checkpoints are not baked in: mount a checkpoint directory at /models
-# and set STREAMER_MODEL__CHECKPOINT, or bake one in with a derived image (docs/operations.md).
+# wheel index of the chosen flavour). Only the built-in checkpoint (streamer/builtin/, package data, served
+# without STREAMER_MODEL__CHECKPOINT) is baked in: mount a checkpoint directory at /models and set
+# STREAMER_MODEL__CHECKPOINT, or bake one in with a derived image (docs/operations.md).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KAFKA_PORT ?= 19092
 export KAFKA_PORT
 
-.PHONY: install demo test test-fast lint kafka-up kafka-down bench docs clean
+.PHONY: install demo test test-fast lint kafka-up kafka-down bench docs builtin-model clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
@@ -41,6 +41,11 @@ lint: install
 # The configuration reference (docs/configuration.md, README's table) is generated from Settings.
 docs: install
 	$(PY) docs/gen_configuration.py
+
+# The checkpoint `streamer serve` runs without STREAMER_MODEL__CHECKPOINT (streamer/builtin/, shipped in the
+# package): a GRU fitted on the probationary rows of data/nab/realAWSCloudwatch/*.csv (training/builtin.py).
+builtin-model: install
+	$(PY) -m training.builtin
 
 bench: install
 	$(PY) -m benchmarks.engine --quick

@@ -598,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.readings = args.readings or (50_000 if args.quick else 600_000)
     args.latency_seconds = args.latency_seconds or (10.0 if args.quick else 30.0)
-    settings = {"STREAMER_MODEL__FAMILY": args.family, "STREAMER_MODEL__HIDDEN": str(args.hidden),
+    settings = {"STREAMER_MODEL__CHECKPOINT": "random", "STREAMER_MODEL__FAMILY": args.family,
+                "STREAMER_MODEL__HIDDEN": str(args.hidden),
                 "STREAMER_OUTPUT__FORECAST_EVERY": str(args.forecast_every),
                 "STREAMER_KAFKA__COMMIT_INTERVAL_MS": str(args.commit_interval_ms),
                 "STREAMER_ENGINE__MAX_BATCH_READINGS": str(args.max_batch_readings)}

@@ -176,20 +176,40 @@ class KafkaSettings(BaseModel):
         return self
 
 
+RANDOM_MODEL = "random"  # STREAMER_MODEL__CHECKPOINT's spelling for a freshly initialised, seeded network
+RANDOM_MODEL_FIELDS = ("family", "n_features", "hidden", "layers", "seed")
+
+
 class ModelSettings(BaseModel):
-    """The model to serve until a checkpoint is configured: a freshly initialised network, seeded."""
+    """The model to serve: the built-in checkpoint, a checkpoint folder, or (`random`) a seeded fresh network."""
 
     model_config = ConfigDict(extra="forbid")
 
-    family: Literal["rnn", "lstm", "gru"] = Field(default="gru", description="recurrent cell")
-    n_features: int = Field(default=1, gt=0, description="values per reading")
-    hidden: int = Field(default=32, gt=0, description="hidden units per layer")
-    layers: int = Field(default=1, gt=0, description="stacked recurrent layers")
-    seed: int = Field(default=0, description="seed of the initial weights")
+    family: Literal["rnn", "lstm", "gru"] = Field(
+        default="gru", description="recurrent cell (with checkpoint `random` only)")
+    n_features: int = Field(default=1, gt=0, description="values per reading (with checkpoint `random` only)")
+    hidden: int = Field(default=32, gt=0, description="hidden units per layer (with checkpoint `random` only)")
+    layers: int = Field(default=1, gt=0, description="stacked recurrent layers (with checkpoint `random` only)")
+    seed: int = Field(default=0, description="seed of the initial weights (with checkpoint `random` only)")
     checkpoint: str | None = Field(
-        default=None, description="checkpoint folder to serve (from `streamer train`); replaces the settings above")
+        default=None, description="checkpoint folder to serve (from `streamer train`); unset: the built-in model "
+        "shipped with streamer (a GRU forecaster of one channel fitted on NAB's AWS CPU series, "
+        "streamer/builtin/); `random`: a freshly initialised network as family, n_features, hidden, layers and "
+        "seed describe (those five are refused with any other value, since a checkpoint brings its architecture)")
     reload_interval_s: float = Field(
         default=10.0, ge=0, description="how often the checkpoint folder is checked for a new version; 0: never")
+
+    @model_validator(mode="after")
+    def _random_fields(self) -> ModelSettings:
+        given = [f for f in RANDOM_MODEL_FIELDS if f in self.model_fields_set]
+        if given and self.checkpoint != RANDOM_MODEL:
+            names = ", ".join(f"STREAMER_MODEL__{f.upper()}" for f in given)
+            raise ValueError(f"STREAMER_MODEL__CHECKPOINT: {names} set: those describe a random model, served only "
+                             f"with STREAMER_MODEL__CHECKPOINT={RANDOM_MODEL} (now "
+                             f"{self.checkpoint or 'unset: the built-in model'}, which brings its own architecture)")
+        if self.checkpoint is not None and not self.checkpoint.strip():
+            raise ValueError("STREAMER_MODEL__CHECKPOINT: empty; leave it unset for the built-in model")
+        return self
 
 
 class EngineSettings(BaseModel):

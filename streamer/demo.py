@@ -1,4 +1,8 @@
-"""`streamer demo`: real series through the real daemon on a real broker, outputs printed as they arrive."""
+"""`streamer demo`: real series through the real daemon on a real broker, outputs printed as they arrive.
+
+With no STREAMER_MODEL__CHECKPOINT the daemon serves its built-in model (streamer/builtin/); the demo prints the
+anomaly alerts it publishes and, for series with NAB labels (data/nab/labels/combined_windows.json), ends with
+how many labelled anomaly windows an alert fired in and how many alerts fired outside every window."""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -40,12 +47,116 @@ def demo_settings(bootstrap: str) -> Settings:
     return load_settings(kafka={
         "bootstrap_servers": bootstrap, "input_topics": [f"demo-readings-{run}"],
         "forecast_topic": f"demo-forecasts-{run}", "dead_letter_topic": f"demo-dead-letters-{run}",
+        "alert_topic": f"demo-alerts-{run}", "event_topic": f"demo-events-{run}",
         "group_id": f"demo-{run}", "transactional_id": f"demo-{run}",
     }, engine={"max_batch_readings": 500}, metrics={"port": 0})
 
 
+def _ms(text: str) -> int:
+    dt = datetime.fromisoformat(text.strip())
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def labelled_windows(files: list[Path], labels: Path | None = None) -> dict[str, list[tuple[int, int]]]:
+    """NAB's anomaly windows (ms since the epoch, UTC) of each file's stream (its stem), from the labels file
+    beside the data (NAB_DIR/labels/combined_windows.json); files it does not name are left out."""
+    if not files:
+        return {}
+    labels = labels or files[0].resolve().parents[1] / "labels" / "combined_windows.json"
+    if not labels.is_file():
+        return {}
+    table = json.loads(labels.read_text())
+    out: dict[str, list[tuple[int, int]]] = {}
+    for p in files:
+        key = f"{p.resolve().parent.name}/{p.name}"
+        if key in table:
+            out[p.stem] = [(_ms(a), _ms(b)) for a, b in table[key]]
+    return out
+
+
+def window_summary(alerts: list[dict[str, Any]], windows: dict[str, list[tuple[int, int]]]) -> dict[str, int]:
+    """Of the labelled windows, how many an alert started in; of the alerts on labelled streams, how many started
+    outside every window of their stream (`alerts`: the firing messages; start_ts, stream)."""
+    hit: set[tuple[str, int]] = set()
+    outside = 0
+    for a in alerts:
+        inside = [i for i, (lo, hi) in enumerate(windows.get(a["stream"], [])) if lo <= a["start_ts"] <= hi]
+        hit.update((a["stream"], i) for i in inside)
+        outside += a["stream"] in windows and not inside
+    return {"windows": sum(len(w) for w in windows.values()), "alerted": len(hit), "outside": outside,
+            "alerts": sum(a["stream"] in windows for a in alerts)}
+
+
+@dataclass
+class Tally:
+    """What the demo has seen on the output topics so far."""
+
+    expected: int
+    every: int
+    windows: dict[str, list[tuple[int, int]]]
+    outputs: int = 0
+    dead: int = 0
+    resolved: int = 0
+    last: dict[str, dict] = field(default_factory=dict)
+    firing: list[dict] = field(default_factory=list)
+
+    def take(self, kind: str, msg: dict[str, Any]) -> None:
+        """Count and print one record of the forecast, dead-letter or alert topic."""
+        if kind == "dead":
+            self.dead += 1
+            print(f"dead letter  reason={msg['reason']:<14} detail={msg['detail']}")
+        elif kind == "alert":
+            self.alert(msg)
+        else:
+            for one in forecasts_of(msg):  # a record holds the stream's forecasts of one batch
+                self.outputs += 1
+                self.last[one["stream"]] = one
+                if self.outputs % self.every == 0 or self.outputs == 1:
+                    pred = ", ".join(f"{x:.3f}" for x in one["forecast"][0])
+                    print(f"output {self.outputs:>6}/{self.expected}  stream={one['stream']:<28} "
+                          f"ts={_when(one['ts'])} n={one['n']:<5} forecast=[{pred}]")
+
+    def alert(self, msg: dict[str, Any]) -> None:
+        """Print a firing or resolved alert, saying whether it started in a labelled window."""
+        if msg["state"] not in ("firing", "resolved"):
+            return
+        spans = self.windows.get(msg["stream"])
+        where = "" if spans is None else (
+            "  in a labelled window" if any(lo <= msg["start_ts"] <= hi for lo, hi in spans)
+            else "  outside the labelled windows")
+        if msg["state"] == "firing":
+            self.firing.append(msg)
+        else:
+            self.resolved += 1
+        end = f" end={_when(msg['end_ts'])}" if msg["end_ts"] is not None else ""
+        print(f"alert {msg['state']:<8} stream={msg['stream']:<28} start={_when(msg['start_ts'])}{end} "
+              f"peak={msg['peak']:.3f} {msg['severity']}{where}")
+
+    def done(self, n_bad: int) -> bool:
+        """Every reading's forecast and every bad record's dead letter arrived."""
+        return self.outputs >= self.expected and self.dead >= n_bad
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def consume(consumer: KafkaConsumer, settings: Settings, tally: Tally, started: float, timeout_s: float) -> None:
+    """Poll the output topics until every output arrived (then drain what is left) or the timeout passed."""
+    k = settings.kafka
+    kinds = {k.dead_letter_topic: "dead", k.alert_topic: "alert", k.forecast_topic: "forecast"}
+    idle = 0
+    while time.monotonic() - started < timeout_s and idle < 2:
+        batch = consumer.poll(timeout_ms=500)
+        for tp, records in batch.items():
+            for r in records:
+                tally.take(kinds[tp.topic], json.loads(r.value))
+        idle = idle + 1 if tally.done(len(BAD_RECORDS)) and not batch else 0
+
+
 def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: float = 300.0) -> int:
-    """Replay `files` (one stream each) through a Service and print every `every`-th output; 0 on success."""
+    """Replay `files` (one stream each) through a Service and print every `every`-th output and every alert, then
+    the labelled windows alerted; 0 on success."""
     settings = demo_settings(bootstrap)
     k = settings.kafka
     error = await_broker(k, timeout_s)
@@ -53,10 +164,11 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
         print(f"demo: no Kafka broker at {bootstrap} answered within {timeout_s:g}s ({error}); start one with "
               "`make kafka-up`, or name one with --bootstrap", file=sys.stderr)
         return 1
-    ensure_topics(k, {k.input_topics[0]: {"num_partitions": 2}, k.forecast_topic: {}, k.dead_letter_topic: {}})
+    ensure_topics(k, {k.input_topics[0]: {"num_partitions": 2}, k.forecast_topic: {}, k.dead_letter_topic: {},
+                      k.alert_topic: {}, k.event_topic: {}})
     series = [load_series(p)[:3] for p in files]
-    expected = sum(len(ts) for _, ts, _ in series)
-    print(f"demo: broker {bootstrap}; replaying {expected} readings of {len(series)} NAB series "
+    tally = Tally(sum(len(ts) for _, ts, _ in series), every, labelled_windows(files))
+    print(f"demo: broker {bootstrap}; replaying {tally.expected} readings of {len(series)} NAB series "
           f"({', '.join(s for s, _, _ in series)}) into {k.input_topics[0]}")
     producer = KafkaProducer(bootstrap_servers=bootstrap.split(","))
     replay(producer, k.input_topics[0], series)
@@ -67,37 +179,30 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
     from streamer.service import Service  # torch: seconds to import, not spent when there is no broker
 
     service = Service(settings)
+    print(f"demo: model {service.served.name} version {service.served.version} ({service.served.family})")
     thread = threading.Thread(target=service.run, name="streamer-serve", daemon=True)
     started = time.monotonic()
     thread.start()
-    consumer = KafkaConsumer(k.forecast_topic, k.dead_letter_topic, bootstrap_servers=bootstrap.split(","),
-                             isolation_level="read_committed", auto_offset_reset="earliest",
-                             enable_auto_commit=False)
-    outputs = dead = 0
-    last: dict[str, dict] = {}
+    consumer = KafkaConsumer(k.forecast_topic, k.dead_letter_topic, k.alert_topic,
+                             bootstrap_servers=bootstrap.split(","), isolation_level="read_committed",
+                             auto_offset_reset="earliest", enable_auto_commit=False)
     try:
-        while (outputs < expected or dead < len(BAD_RECORDS)) and time.monotonic() - started < timeout_s:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    msg = json.loads(r.value)
-                    if tp.topic == k.dead_letter_topic:
-                        dead += 1
-                        print(f"dead letter  reason={msg['reason']:<14} detail={msg['detail']}")
-                        continue
-                    for one in forecasts_of(msg):  # a record holds the stream's forecasts of one batch
-                        outputs += 1
-                        last[one["stream"]] = one
-                        if outputs % every == 0 or outputs == 1:
-                            pred = ", ".join(f"{x:+.3f}" for x in one["forecast"][0])
-                            print(f"output {outputs:>6}/{expected}  stream={one['stream']:<28} ts={one['ts']} "
-                                  f"n={one['n']:<5} forecast=[{pred}]")
+        consume(consumer, settings, tally, started, timeout_s)
     finally:
         service.stop()
         thread.join(timeout=30)
         consumer.close()
-    elapsed = time.monotonic() - started
-    for name, msg in sorted(last.items()):
-        print(f"stream {name}: {msg['n']} readings, state carried across {service.stats.commits} commits")
-    print(f"demo: {outputs} outputs and {dead} dead letters in {elapsed:.1f}s "
-          f"({outputs / max(elapsed, 1e-9):.0f} readings/s end to end, exactly-once)")
-    return 0 if outputs == expected and dead == len(BAD_RECORDS) else 1
+    report(tally, service.stats.commits, time.monotonic() - started)
+    return 0 if tally.outputs == tally.expected and tally.dead == len(BAD_RECORDS) else 1
+
+
+def report(tally: Tally, commits: int, elapsed: float) -> None:
+    """The demo's closing lines: each stream, throughput, and the alerts against NAB's labelled windows."""
+    for name, msg in sorted(tally.last.items()):
+        print(f"stream {name}: {msg['n']} readings, state carried across {commits} commits")
+    print(f"demo: {tally.outputs} outputs and {tally.dead} dead letters in {elapsed:.1f}s "
+          f"({tally.outputs / max(elapsed, 1e-9):.0f} readings/s end to end, exactly-once)")
+    s = window_summary(tally.firing, tally.windows)
+    print(f"demo: {len(tally.firing)} alerts fired ({tally.resolved} resolved); {s['alerted']} of {s['windows']} "
+          f"labelled anomaly windows alerted, {s['outside']} of {s['alerts']} alerts on labelled series outside "
+          f"every window")

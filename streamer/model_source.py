@@ -1,4 +1,5 @@
-"""The model `streamer serve` runs: a checkpoint from `streamer train` (hot-reloaded), or a seeded network.
+"""The model `streamer serve` runs: a checkpoint from `streamer train` (hot-reloaded), the built-in checkpoint
+shipped in streamer/builtin/ when none is set, or a seeded network (STREAMER_MODEL__CHECKPOINT=random).
 
 A checkpoint brings its normalisation: readings are z-scored with the training statistics before the
 model sees them and forecasts are turned back into the units of the input.
@@ -15,9 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamer.config import Settings
+from streamer.config import RANDOM_MODEL, Settings
 from streamer.errors import ConfigError
 from streamer.models import ModelConfig, RecurrentModel, build_model, value_head
+
+# The checkpoint served without STREAMER_MODEL__CHECKPOINT: package data, rebuilt by `make builtin-model`.
+BUILTIN_CHECKPOINT = Path(__file__).resolve().parent / "builtin" / "nab-aws-gru"
 
 
 @dataclass
@@ -50,7 +54,7 @@ class ServedModel:
 
 
 def seeded_model(settings: Settings) -> ServedModel:
-    """A freshly initialised, seeded model as the settings describe (no checkpoint configured)."""
+    """A freshly initialised, seeded model as the settings describe (STREAMER_MODEL__CHECKPOINT=random)."""
     m = settings.model
     torch.manual_seed(m.seed)
     cfg = ModelConfig(family=m.family, n_features=m.n_features, hidden=m.hidden, layers=m.layers,
@@ -127,8 +131,18 @@ def event_hysteresis(settings: Settings, served: ServedModel) -> tuple[float, fl
     return on, off, run
 
 
+def checkpoint_path(settings: Settings) -> Path | None:
+    """The checkpoint folder to serve: the setting, the built-in one when unset, None for `random`."""
+    chosen = settings.model.checkpoint
+    if chosen == RANDOM_MODEL:
+        return None
+    return Path(chosen) if chosen else BUILTIN_CHECKPOINT
+
+
 def served_model(settings: Settings, device: str | torch.device) -> ServedModel:
-    """The checkpoint when one is configured (refused if the daemon cannot feed it), else the seeded model."""
-    if settings.model.checkpoint:
-        return check_servable(load_checkpoint(settings.model.checkpoint, device), settings)
-    return seeded_model(settings)
+    """The configured checkpoint, else the built-in one (refused if the daemon cannot feed it); with
+    STREAMER_MODEL__CHECKPOINT=random the seeded model."""
+    path = checkpoint_path(settings)
+    if path is None:
+        return seeded_model(settings)
+    return check_servable(load_checkpoint(path, device), settings)

@@ -36,6 +36,7 @@ from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import (
     ServedModel,
     check_servable,
+    checkpoint_path,
     checkpoint_signature,
     event_hysteresis,
     load_checkpoint,
@@ -189,8 +190,8 @@ class Service:
 
     def _maybe_reload(self) -> None:
         """Serve a new checkpoint written at the configured path; keep states when the architecture matches."""
-        path = self.settings.model.checkpoint
-        if not path or checkpoint_signature(path) in (None, self.served.signature):
+        path = checkpoint_path(self.settings)
+        if path is None or checkpoint_signature(path) in (None, self.served.signature):
             return
         self.metrics.reload_attempts.inc()
         try:

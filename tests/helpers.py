@@ -39,7 +39,8 @@ def collect(bootstrap: str, topics: list[str], want: int, timeout: float = 60.0,
 
 
 def serve_env(bootstrap: str, src: str, out: str, dead: str, **extra: str) -> dict[str, str]:
-    """Environment for a `streamer serve` child with its own group, transactional id and changelog."""
+    """Environment for a `streamer serve` child with its own group, transactional id and changelog; the seeded
+    random model unless `extra` names STREAMER_MODEL__CHECKPOINT."""
     run = uuid.uuid4().hex[:8]
     env = dict(os.environ,
                STREAMER_KAFKA__BOOTSTRAP_SERVERS=bootstrap,
@@ -47,7 +48,7 @@ def serve_env(bootstrap: str, src: str, out: str, dead: str, **extra: str) -> di
                STREAMER_KAFKA__FORECAST_TOPIC=out, STREAMER_KAFKA__DEAD_LETTER_TOPIC=dead,
                STREAMER_KAFKA__GROUP_ID=f"g-{run}", STREAMER_KAFKA__TRANSACTIONAL_ID=f"tx-{run}",
                STREAMER_ENGINE__DEVICE="cpu", STREAMER_LOG_FORMAT="json",
-               STREAMER_METRICS__PORT="0")
+               STREAMER_METRICS__PORT="0", STREAMER_MODEL__CHECKPOINT="random")
     env.update(extra)
     return env
 

@@ -102,7 +102,7 @@ def test_created_topics_get_the_input_partition_count_or_the_setting(kafka_boots
         return load_settings(
             kafka={"bootstrap_servers": kafka_bootstrap, "input_topics": [src], "group_id": group,
                    "transactional_id": f"tx-{group}", **kafka},
-            engine={"device": "cpu", "max_wait_ms": 20}, metrics={"enabled": False})
+            engine={"device": "cpu", "max_wait_ms": 20}, metrics={"enabled": False}, model={"checkpoint": "random"})
 
     _serve_until_ready(settings(f"g-{run}", **names))
     k = settings(f"g-{run}").kafka

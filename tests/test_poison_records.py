@@ -142,7 +142,8 @@ def test_a_commit_that_keeps_failing_turns_health_red(kafka_bootstrap, new_topic
     settings = load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "input_topics": [src], "forecast_topic": out,
                "dead_letter_topic": dead, "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
-        engine={"device": "cpu", "max_wait_ms": 50}, metrics={"port": 0, "unhealthy_after_failed_commits": 2})
+        engine={"device": "cpu", "max_wait_ms": 50}, metrics={"port": 0, "unhealthy_after_failed_commits": 2},
+        model={"checkpoint": "random"})
     service, thread = _in_thread(settings)
     try:
         deadline = time.monotonic() + 30
@@ -228,7 +229,8 @@ def test_a_chunk_of_40k_readings_gets_forecast_records_the_topic_accepts(kafka_b
     settings = load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "input_topics": [src], "forecast_topic": out,
                "dead_letter_topic": dead, "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
-        engine={"device": "cpu", "max_wait_ms": 50}, output={"anomalies": False}, metrics={"port": 0})
+        engine={"device": "cpu", "max_wait_ms": 50}, output={"anomalies": False}, metrics={"port": 0},
+        model={"checkpoint": "random"})
     service, thread = _in_thread(settings)
     try:
         send_records(kafka_bootstrap, src, [(b"g", chunk.encode())])

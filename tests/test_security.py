@@ -42,7 +42,8 @@ def test_serve_over_sasl_exactly_once(sasl_broker, mechanism):
                "alert_topic": f"sasl-al-{run}", "event_topic": f"sasl-ev-{run}",
                "group_id": f"g-{run}", "transactional_id": f"tx-{run}", "security_protocol": "SASL_PLAINTEXT",
                "sasl_mechanism": mechanism, "sasl_username": "streamer", "sasl_password": PASSWORD},
-        engine={"device": "cpu", "max_wait_ms": 50}, metrics={"port": 0}, output={"anomalies": False})
+        engine={"device": "cpu", "max_wait_ms": 50}, metrics={"port": 0}, output={"anomalies": False},
+        model={"checkpoint": "random"})
     service = Service(settings)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()

@@ -26,7 +26,7 @@ def _save(directory: Path, numeric: list[str], categorical: tuple = (), threshol
 
 
 def _settings(ckpt: Path, **output):
-    return load_settings(model={"family": "gru", "n_features": 2, "hidden": 4, "checkpoint": str(ckpt)},
+    return load_settings(model={"checkpoint": str(ckpt)},
                          engine={"device": "cpu"}, metrics={"port": 0}, output=output)
 
 

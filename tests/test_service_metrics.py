@@ -41,7 +41,7 @@ def test_metrics_health_and_readiness_during_restore(kafka_bootstrap, new_topic,
     settings = load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "input_topics": [src], "forecast_topic": out,
                "dead_letter_topic": dead, "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
-        model={"family": "lstm", "n_features": 2, "hidden": 8},
+        model={"checkpoint": "random", "family": "lstm", "n_features": 2, "hidden": 8},
         engine={"device": "cpu", "max_wait_ms": 50, "capacity": 4, "max_batch_readings": 4},
         metrics={"port": 0},
     )

@@ -25,7 +25,7 @@ def _settings(bootstrap, src, topics: dict[str, str], **output):
         kafka={"bootstrap_servers": bootstrap, "input_topics": [src], "forecast_topic": topics["forecast"],
                "alert_topic": topics["alert"], "event_topic": topics["event"], "dead_letter_topic": topics["dead"],
                "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
-        model={"family": "gru", "n_features": 1, "hidden": 8, "seed": 3},
+        model={"checkpoint": "random", "family": "gru", "n_features": 1, "hidden": 8, "seed": 3},
         engine={"device": "cpu", "max_wait_ms": 50},
         output=output,
         metrics={"port": 0},
@@ -190,7 +190,8 @@ def test_forecast_cadence_mirrors_input_records_however_polls_fall():
               {"stream": "m", "ts": [10, 11, 12, 13, 14, 15, 16], "values": [[1.0]] * 7}]
 
     def published(polls: list[list[dict]]) -> list[bytes]:
-        settings = load_settings(model={"family": "lstm", "n_features": 1, "hidden": 4}, engine={"device": "cpu"},
+        settings = load_settings(model={"checkpoint": "random", "family": "lstm", "n_features": 1, "hidden": 4},
+                                 engine={"device": "cpu"},
                                  output={"forecast_every": 3, "anomalies": False, "forecast_records": "input"},
                                  metrics={"enabled": False})
         service = Service(settings)
@@ -220,7 +221,8 @@ def test_batch_forecast_records_hold_one_stream_per_batch_and_equal_input_mode_p
             bodies.append({"stream": s, "ts": t, "values": [float(rng.normal())]})
 
     def published(mode: str, polls: list[list[dict]]) -> list[dict]:
-        settings = load_settings(model={"family": "gru", "n_features": 1, "hidden": 4, "seed": 1},
+        settings = load_settings(model={"checkpoint": "random", "family": "gru", "n_features": 1, "hidden": 4,
+                                        "seed": 1},
                                  engine={"device": "cpu"},
                                  output={"forecast_every": 2, "anomalies": False, "forecast_records": mode},
                                  metrics={"enabled": False})

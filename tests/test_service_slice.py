@@ -23,7 +23,7 @@ def _settings(bootstrap, src, out, dead, **engine):
     return load_settings(
         kafka={"bootstrap_servers": bootstrap, "input_topics": [src], "forecast_topic": out,
                "dead_letter_topic": dead, "group_id": f"g-{run}", "transactional_id": f"tx-{run}"},
-        model={"family": "gru", "n_features": 2, "hidden": 16, "seed": 7},
+        model={"checkpoint": "random", "family": "gru", "n_features": 2, "hidden": 16, "seed": 7},
         engine={"device": "cpu", "max_wait_ms": 50, **engine},
         output={"forecast_records": "input"},  # this test checks that outputs mirror the input records
         metrics={"port": 0},
