@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from tests.helpers import LogTail, collect, serve_env, start_serve
+from tests.helpers import LogTail, collect, collect_all, serve_env, start_serve
 
 pytestmark = pytest.mark.reliability
 
@@ -52,7 +52,7 @@ def _run_to_completion(env: dict, bootstrap: str, out: str, total: int, timeout:
         got = collect(bootstrap, [out], total, timeout=timeout, proc=proc, expand=expand)[out]
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         if len(got) == total:  # a duplicate would come after the last expected record: wait for one
-            got = collect(bootstrap, [out], total + 1, timeout=3, expand=expand)[out]
+            got = collect_all(bootstrap, [out], expand=expand)[out]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
@@ -134,7 +134,7 @@ def test_survivor_takes_over_a_killed_instances_partitions(kafka_bootstrap, new_
         got = collect(kafka_bootstrap, [out], total, timeout=120, proc=b)[out]
         assert b.poll() is None, "".join(tails["b"].text)[-3000:]
         if len(got) == total:
-            got = collect(kafka_bootstrap, [out], total + 1, timeout=3)[out]
+            got = collect_all(kafka_bootstrap, [out])[out]
     finally:
         logs = {}
         for name, p in (("a", a), ("b", b)):

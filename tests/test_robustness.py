@@ -13,7 +13,16 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from streamer.local_kafka import LocalKafka, free_port_pair
 from streamer.schema import dead_letter_original
-from tests.helpers import LogTail, assert_same_forecasts, collect, send_records, serve_env, serve_until, start_serve
+from tests.helpers import (
+    LogTail,
+    assert_same_forecasts,
+    collect,
+    collect_all,
+    send_records,
+    serve_env,
+    serve_until,
+    start_serve,
+)
 
 pytestmark = pytest.mark.reliability
 T0 = 1_700_000_000_000  # readings are stamped in ms since the epoch, like real ones
@@ -190,7 +199,7 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(own_broker):
         send_records(bootstrap, names["src"], valid[half:])
         got = collect(bootstrap, [names["out"]], len(valid), timeout=180, proc=proc)[names["out"]]
         assert proc.poll() is None, "".join(tail.text)[-3000:]
-        got = collect(bootstrap, [names["out"]], len(valid) + 1, timeout=3)[names["out"]]
+        got = collect_all(bootstrap, [names["out"]])[names["out"]]
     finally:
         proc.send_signal(signal.SIGTERM)
         tail.finish(timeout=90)

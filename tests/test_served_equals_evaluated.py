@@ -21,7 +21,7 @@ from streamer.evaluation import nab
 from streamer.evaluation import nab_scorer as ns
 from streamer.model_source import load_checkpoint, served_model
 from streamer.service import Service
-from tests.helpers import collect, send_records
+from tests.helpers import collect, collect_all, send_records
 from training import checkpoints
 from training.pipeline import run as train
 
@@ -160,7 +160,7 @@ def test_served_alerts_equal_the_evaluated_ones(folder: Path, kafka_bootstrap: s
         service.stop()
         thread.join(timeout=60)
     assert service.stats.readings == ROWS
-    got = collect(kafka_bootstrap, [alerts], len(want) + 1, timeout=3)[alerts]  # all of them, nothing more
+    got = collect_all(kafka_bootstrap, [alerts])[alerts]  # all of them, nothing more
     assert got == json.loads(json.dumps(want))
 
 

@@ -18,7 +18,7 @@ from streamer.config import load_settings
 from streamer.evaluation import occupancy as occ
 from streamer.model_source import load_checkpoint
 from streamer.service import Service
-from tests.helpers import collect, first_rows
+from tests.helpers import collect, collect_all, first_rows
 from training.data import FeatureSpec, load_csv
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "occupancy"
@@ -74,7 +74,7 @@ def test_daemon_publishes_the_events_eval_finds(kafka_bootstrap, new_topic, occu
         while service.stats.readings < len(s) and time.monotonic() < deadline:  # every reading stepped
             time.sleep(0.1)
         time.sleep(1.0)  # the last batch's transaction is committed within the commit interval
-        got = collect(kafka_bootstrap, [events, dead], len(expected) + 1, timeout=3)  # and nothing more
+        got = collect_all(kafka_bootstrap, [events, dead])  # and nothing more
     finally:
         service.stop()
         thread.join(timeout=30)
