@@ -188,7 +188,7 @@ class Service:
             channel_names=list(served.channels) if served.channels else None,
             pipeline=pipeline_config(self.settings.detectors, served.detectors))
 
-    def _maybe_reload(self) -> None:
+    def maybe_reload(self) -> None:
         """Serve a new checkpoint written at the configured path; keep states when the architecture matches."""
         path = checkpoint_path(self.settings)
         if path is None or checkpoint_signature(path) in (None, self.served.signature):
@@ -416,7 +416,7 @@ class Service:
                 consumer.subscribe(pattern=k.input_pattern, listener=_Rebalance(self))
             else:
                 consumer.subscribe(k.input_topics, listener=_Rebalance(self))
-                self._await_metadata(consumer, k.input_topics)
+                self.await_metadata(consumer, k.input_topics)
             log.info("serving", extra={"topics": k.input_pattern or k.input_topics, "group": k.group_id,
                                        "device": self.device, "threads": self.threads, "model": self.served.name,
                                        "version": self.served.version, "exactly_once": k.exactly_once})
@@ -428,7 +428,7 @@ class Service:
                     self._restore_slice()
                 records = self._poll(consumer, self._poll_wait_ms(consumer), max_records)
                 if records and len(records) < max_records:
-                    records = self._top_up(consumer, records, max_records)
+                    records = self.top_up(consumer, records, max_records)
                 if records:
                     self.process(records)
                     self._pending.offsets.update(next_offsets(records))
@@ -468,7 +468,7 @@ class Service:
             self._update_gauges(consumer)
             timers["lag"], self._lag_due = now, False
         if m.reload_interval_s and now - timers["reload"] >= m.reload_interval_s:
-            self._maybe_reload()
+            self.maybe_reload()
             timers["reload"] = now
 
     def _poll_wait_ms(self, consumer) -> int:
@@ -500,7 +500,7 @@ class Service:
         self._reason = "all partitions restored"
         self._set_ready(True)
 
-    def _await_metadata(self, consumer, topics: list[str]) -> None:
+    def await_metadata(self, consumer, topics: list[str]) -> None:
         """Hold the first join of the group until the consumer's metadata has every input topic.
 
         The group leader assigns partitions from its own metadata. When its first join comes before the first
@@ -526,7 +526,7 @@ class Service:
             raise failure
         return [r for recs in batch.values() for r in recs]
 
-    def _top_up(self, consumer, records: list, max_records: int) -> list:
+    def top_up(self, consumer, records: list, max_records: int) -> list:
         """Add what reached the broker since the fetch that `records` came from.
 
         kafka-python sends a fetch only from inside a poll, and a poll answered by a fetch sent earlier returns
@@ -881,6 +881,10 @@ class Service:
         self._queue_messages(events, self.settings.kafka.event_topic, "event")
         for s in changed:
             self._pending.changed[s] = self.partition_of[s]
+
+    def pending_records(self) -> list[OutRecord]:
+        """The outputs queued since the last commit (forecasts, alerts, events, dead letters), in order."""
+        return list(self._pending.records)
 
     def _commit(self, wait: bool = False) -> None:
         """Hand the pending outputs, the state of every changed stream and the offsets to the committer, to be

@@ -49,7 +49,7 @@ def test_hot_reload_keeps_serving_the_old_model(tmp_path: Path) -> None:
     service = Service(_settings(ckpt))
     before = service.served
     _save(ckpt, ["Light", "@weekend"])  # written in place: a new signature the daemon cannot serve
-    service._maybe_reload()
+    service.maybe_reload()
     assert service.served is before and service.stats.reloads == 0
 
 
@@ -80,5 +80,5 @@ def test_hot_reload_refuses_levels_the_settings_contradict(tmp_path: Path) -> No
     service = Service(_settings(ckpt, event_on=0.3))
     before = service.served
     _save(ckpt, ["Light", "CO2"], threshold=0.45)  # off would be 0.45 > on 0.3
-    service._maybe_reload()
+    service.maybe_reload()
     assert service.served is before and service.detectors.events.off == 0.2

@@ -39,7 +39,7 @@ def _service(horizon: int, n_features: int, records: str = "batch") -> tuple[Ser
 
 def _forecasts(service: Service) -> dict[str, list]:
     by_stream: dict[str, list] = {}
-    for rec in service._pending.records:
+    for rec in service.pending_records():
         if rec.topic == "fc":
             msg = json.loads(rec.value)
             fc = msg["forecast"] if isinstance(msg["ts"], list) else [msg["forecast"]]
@@ -118,7 +118,7 @@ def test_a_batch_is_topped_up_with_what_arrived_since():
     service, _ = _service(1, 1)
     recs = _on_partitions(_records(streams=2, per_stream=4, n_features=1)[0])
     consumer = _Consumer(service, recs[4:], rebalance=False, held={0, 1})
-    assert service._top_up(consumer, recs[:4], max_records=100) == recs
+    assert service.top_up(consumer, recs[:4], max_records=100) == recs
     assert consumer.sought == {}
 
 
@@ -129,7 +129,7 @@ def test_a_rebalance_inside_the_top_up_rewinds_the_partitions_still_held(held):
     first = [r for r in recs[:6] if r.partition < 2]  # partitions 0 and 1, offsets 0, 1, 3, 4
     fresh = [r for r in recs[6:] if r.partition in held]  # after the rebalance: partitions held now
     consumer = _Consumer(service, fresh, rebalance=True, held=held)
-    got = service._top_up(consumer, first, max_records=100)
+    got = service.top_up(consumer, first, max_records=100)
     # the first records are given up; partitions still held restart at them, fresh ones of theirs come again
     assert consumer.sought == {p: min(r.offset for r in first if r.partition == p) for p in held if p < 2}
     assert got == [r for r in fresh if r.partition == 2]
@@ -152,8 +152,8 @@ def test_the_first_join_waits_for_the_input_topics_metadata():
 
     service, _ = _service(1, 1)
     consumer = _LateMetadata(ready_after=3)
-    service._await_metadata(consumer, ["in"])
+    service.await_metadata(consumer, ["in"])
     assert consumer.lookups == 3
     service.settings.kafka.session_timeout_ms = 300
     with pytest.raises(KafkaError, match="no partition metadata for input topics"):
-        service._await_metadata(_LateMetadata(ready_after=10**9), ["in"])
+        service.await_metadata(_LateMetadata(ready_after=10**9), ["in"])

@@ -197,7 +197,7 @@ def test_forecast_cadence_mirrors_input_records_however_polls_fall():
         service = Service(settings)
         for poll in polls:
             service.process(as_records(poll))
-        return [r.value for r in service._pending.records]
+        return [r.value for r in service.pending_records()]
 
     one_poll = published([bodies])
     got = [json.loads(v) for v in one_poll]
@@ -229,7 +229,7 @@ def test_batch_forecast_records_hold_one_stream_per_batch_and_equal_input_mode_p
         service = Service(settings)
         for poll in polls:
             service.process(as_records(poll))
-        return [json.loads(r.value) for r in service._pending.records]
+        return [json.loads(r.value) for r in service.pending_records()]
 
     polls = [bodies[i : i + 30] for i in range(0, len(bodies), 30)]
     batch = published("batch", polls)

@@ -137,7 +137,7 @@ def test_a_trained_forecaster_with_a_delay_line_is_served_as_trained(tmp_path: P
     service = Service(settings)
     for a, b in ((0, 1), (1, 9), (9, 50), (50, 51), (51, n)):
         service.process(records[a:b])
-    got = np.array([json.loads(r.value)["forecast"] for r in service._pending.records])
+    got = np.array([json.loads(r.value)["forecast"] for r in service.pending_records()])
     served = load_checkpoint(ckpt)
     x = ((s.values[:n] - served.mean) / served.std).astype(np.float32)
     offline = predict_stream(served.model, Stream("t1", x), end=n, heads=("forecast",))["forecast"]
