@@ -186,3 +186,13 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+def serve_in_thread(service, timeout: float = 30.0) -> threading.Thread:
+    """Run `service` in a daemon thread; return once its HTTP endpoints are bound (when metrics are on)."""
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while service.settings.metrics.enabled and service.http is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return thread

@@ -3,7 +3,6 @@ alerts fired by severity, and hot-reload attempts and failures, as the running s
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 import uuid
@@ -18,7 +17,7 @@ from streamer.detection import PRODUCT_PIPELINE
 from streamer.detectors.pipeline import AnomalyPipeline
 from streamer.models import ModelConfig, build_model
 from streamer.service import Service
-from tests.helpers import as_records
+from tests.helpers import as_records, serve_in_thread
 from training.checkpoints import save
 
 
@@ -111,12 +110,8 @@ def test_hot_reload_attempts_and_failures_are_counted(kafka_bootstrap, new_topic
         engine={"device": "cpu", "max_wait_ms": 20, "state_dir": str(tmp_path / "state")}, metrics={"port": 0})
     service = Service(settings)
     first = service.served.version
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
+    thread = serve_in_thread(service)
     try:
-        deadline = time.monotonic() + 30
-        while service.http is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         port = service.http.port
         got = _scrape(port)
         assert got[("streamer_model_reload_attempts_total", ())] == 0

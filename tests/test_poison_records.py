@@ -18,7 +18,15 @@ from streamer.config import load_settings
 from streamer.models import ModelConfig, build_model
 from streamer.schema import dead_letter_original
 from streamer.service import Service
-from tests.helpers import assert_same_forecasts, collect, http_get, send_records, serve_env, serve_until
+from tests.helpers import (
+    assert_same_forecasts,
+    collect,
+    http_get,
+    send_records,
+    serve_env,
+    serve_in_thread,
+    serve_until,
+)
 from training.checkpoints import save
 
 T0 = 1_700_000_000_000
@@ -128,9 +136,7 @@ def test_poison_records_cost_one_dead_letter_each(kafka_bootstrap, new_topic):
 
 def _in_thread(settings) -> tuple[Service, threading.Thread]:
     service = Service(settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    return service, thread
+    return service, serve_in_thread(service)
 
 
 def test_a_commit_that_keeps_failing_turns_health_red(kafka_bootstrap, new_topic):
@@ -146,9 +152,6 @@ def test_a_commit_that_keeps_failing_turns_health_red(kafka_bootstrap, new_topic
         model={"checkpoint": "random"})
     service, thread = _in_thread(settings)
     try:
-        deadline = time.monotonic() + 30
-        while service.http is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert http_get(service.http.port, "/healthz")[0] == 200
         chunk = {"stream": "s", "ts": [T0 + i for i in range(100)], "values": [[float(i)] for i in range(100)]}
         send_records(kafka_bootstrap, src, [(b"s", json.dumps(chunk).encode())])

@@ -12,7 +12,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamer.local_kafka import free_port_pair
 from streamer.transport import OutRecord, RecordAppender
-from tests.helpers import LogTail, collect, http_get, send_records, serve_env, serve_until, start_serve
+from tests.helpers import LogTail, collect, http_get, send_records, serve_env, serve_in_thread, serve_until, start_serve
 
 T0 = 1_700_000_000_000
 STREAMS, PARTITIONS, COPIES, BACKLOG = 1000, 4, 1000, 20
@@ -143,11 +143,10 @@ def test_a_restore_without_progress_turns_health_red(kafka_bootstrap, new_topic,
 
     monkeypatch.setattr(ChangelogRestorer, "step", step)
     service = Service(settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
+    thread = serve_in_thread(service)
     try:
         deadline = time.monotonic() + 60
-        while "restoring" not in http_get(service.http.port if service.http else 0, "/readyz")[1]:
+        while "restoring" not in http_get(service.http.port, "/readyz")[1]:
             assert time.monotonic() < deadline, "no restore began"
             time.sleep(0.1)
         assert http_get(service.http.port, "/healthz")[0] == 200

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 
@@ -13,7 +12,7 @@ from kafka import KafkaProducer
 from streamer.changelog import ChangelogRestorer
 from streamer.config import load_settings
 from streamer.service import Service
-from tests.helpers import collect, http_get
+from tests.helpers import collect, http_get, serve_in_thread
 
 # Every metric the issue names, as exported (histograms by their base name).
 EXPECTED = [
@@ -54,12 +53,8 @@ def test_metrics_health_and_readiness_during_restore(kafka_bootstrap, new_topic,
 
     monkeypatch.setattr(ChangelogRestorer, "step", observed_step)
     service = Service(settings)
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
+    thread = serve_in_thread(service)
     try:
-        deadline = time.monotonic() + 30
-        while service.http is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         port = service.http.port
         assert http_get(port, "/healthz")[0] == 200
         assert http_get(port, "/nothing")[0] == 404
