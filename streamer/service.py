@@ -730,28 +730,32 @@ class Service:
         self.metrics.step_seconds.observe(time.perf_counter() - started)
         n_readings = int(results.offsets[-1])
         self.metrics.batch_readings.observe(n_readings)
-        self._queue_forecasts(results, records_of)
+        seen = self._advance_streams(results)
+        self._queue_forecasts(results, records_of, seen)
         if self.detectors.active:
             found = self.detectors.step(results, store)
             self.metrics.observe_model_health(served.version, found.errors, found.scores, found.alerts)
             self._queue_messages(found.alerts, k.alert_topic, "alert")
             self._queue_messages(found.events, k.event_topic, "event")
-        self._advance_streams(results)
         for s in results.streams:
             p.changed[s] = self.partition_of[s]
         p.readings += n_readings
 
-    def _advance_streams(self, results) -> None:
+    def _advance_streams(self, results) -> list[int]:
         """Each stepped stream's reading count and last timestamp, which the order check and the forecast cadence
-        read, whatever outputs the model has."""
+        read, whatever outputs the model has; returns each stream's count before this step."""
         extra_for, ts = self.engine.store.extra_for, results.ts
         offsets = results.offsets.tolist()
+        before = []
         for stream, a, b in zip(results.streams, offsets[:-1], offsets[1:], strict=True):
             extra = extra_for(stream)
-            extra["n"] = extra.get("n", 0) + b - a
+            n = extra.get("n", 0)
+            before.append(n)
+            extra["n"] = n + b - a
             extra["ts"] = int(ts[b - 1])
+        return before
 
-    def _queue_forecasts(self, results, records_of: dict[str, list[tuple[int, bool]]]) -> None:
+    def _queue_forecasts(self, results, records_of: dict[str, list[tuple[int, bool]]], seen_before: list[int]) -> None:
         """Forecasts on the cadence (every forecast_every-th reading of a stream), one record per stream per
         batch with a list per field ("batch"), or mirroring the input ("input": a reading record yields one
         forecast record, a chunk record one record with a list per field).
@@ -761,7 +765,7 @@ class Service:
         calls of different sizes); "batch" groups them by poll (a replay after a crash may group them
         differently), "input" publishes the same records again.
         """
-        k, p, served, store = self.settings.kafka, self._pending, self.served, self.engine.store
+        k, p, served = self.settings.kafka, self._pending, self.served
         if served.head is None:  # an event-only model: its events are its outputs
             return
         every = self.settings.output.forecast_every
@@ -806,11 +810,9 @@ class Service:
         # the topic refuses: a refused record would fail every retry of the same work.
         per_record = max(1, self.settings.output.max_forecast_record_bytes // (n_values * 16 + 48))
         if not by_input:  # one record per stream and batch: the hot path, without per-record spans
-            extra_for, keys, append = store.extra_for, self._forecast_keys, out.append
+            keys, append = self._forecast_keys, out.append
             published = 0
-            for stream, a, b in zip(results.streams, offsets[:-1], offsets[1:], strict=True):
-                extra = extra_for(stream)
-                seen = extra.get("n", 0)  # readings of the stream before this batch
+            for stream, a, b, seen in zip(results.streams, offsets[:-1], offsets[1:], seen_before, strict=True):
                 first = a + (every - seen % every) - 1  # its first reading on the cadence
                 if first < b:
                     key, part, head = keys.get(stream) or self._forecast_key(stream, n_parts)
@@ -822,9 +824,7 @@ class Service:
             kinds["forecast"] += published
             return
         for i, stream in enumerate(results.streams):
-            a, b = offsets[i], offsets[i + 1]
-            extra = store.extra_for(stream)
-            seen = int(extra.get("n", 0))
+            a, b, seen = offsets[i], offsets[i + 1], seen_before[i]
             # (first row, end row, as a list?) of each input record, in the batch arrays: one forecast record each
             spans, start = [], a
             for size, is_chunk in records_of[stream]:
