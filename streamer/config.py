@@ -133,6 +133,14 @@ class KafkaSettings(BaseModel):
         "snapshots (Kafka's default, 0.5, lets it grow to twice its compacted size)")
 
     @property
+    def changelog_config_settings(self) -> dict[str, str]:
+        """The setting behind each config of the changelog topic (named when an existing topic differs)."""
+        return {"cleanup.policy": "cleanup.policy=compact (no setting: the daemon needs it)",
+                "segment.bytes": "STREAMER_KAFKA__CHANGELOG_SEGMENT_BYTES",
+                "segment.ms": "STREAMER_KAFKA__CHANGELOG_SEGMENT_MS",
+                "min.cleanable.dirty.ratio": "STREAMER_KAFKA__CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO"}
+
+    @property
     def changelog_configs(self) -> dict[str, str]:
         """The topic configs of the changelog: compacted, in segments small enough to be cleaned often."""
         return {"cleanup.policy": "compact", "segment.bytes": str(self.changelog_segment_bytes),

@@ -247,11 +247,12 @@ class Service:
             raise ConfigError(f"STREAMER_KAFKA__INPUT_TOPICS: topics must have equal partition counts, got {counts}")
         n = next(iter(counts.values()))
         outputs = {"num_partitions": k.output_partitions or n}
-        ensure_topics(k, {
+        created = ensure_topics(k, {
             k.forecast_topic: outputs, k.alert_topic: outputs, k.event_topic: outputs, k.dead_letter_topic: outputs,
             k.changelog: {"num_partitions": n, "configs": k.changelog_configs},
         })
-        self._check_changelog_configs()
+        if k.changelog not in created:  # one the daemon just created has its configs
+            self._check_changelog_configs()
         self._forecast_partitions = partition_count(k, k.forecast_topic)
         self._forecast_keys.clear()
         have = partition_count(k, k.changelog)
@@ -266,10 +267,9 @@ class Service:
         have = topic_configs(k, k.changelog, want)
         for key, value in want.items():
             if key in have and have[key] != value and not (key == "cleanup.policy" and "compact" in have[key]):
-                setting = "STREAMER_KAFKA__CHANGELOG_" + key.removeprefix("cleanup.").replace(".", "_").upper()
                 log.warning("the changelog topic differs from the settings: it may grow and slow every restore",
                             extra={"topic": k.changelog, "config": key, "topic_value": have[key], "wanted": value,
-                                   "setting": setting if key != "cleanup.policy" else "cleanup.policy=compact"})
+                                   "setting": k.changelog_config_settings[key]})
 
     def alive(self) -> bool:
         """/healthz: the loop (or, at start-up, the wait for the cluster) turned recently, made progress when there
