@@ -35,7 +35,7 @@ _FREE = np.iinfo(np.int64).max  # LRU rank of a free slot: never chosen as a vic
 def _json(obj: Any) -> bytes:
     """Compact JSON (NaN and Infinity as Python's json writes them): pydantic-core's encoder, about 6x faster
     than json's on detector state full of floats, which every commit encodes for every changed stream."""
-    return to_json(obj, inf_nan_mode="constants")
+    return to_json(obj, inf_nan_mode="constants", bytes_mode="base64")
 
 
 def _le_bytes(t: Tensor) -> bytes:

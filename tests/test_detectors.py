@@ -130,6 +130,7 @@ def test_silence_reported_once_and_resumed() -> None:
 
 def test_seasonal_memory_returns_the_reading_one_period_earlier() -> None:
     from streamer.detectors import SeasonalMemory
+    from streamer.detectors.seasonal import memory_length
 
     det = SeasonalMemory(1, period_ms=10_000, max_len=100)
     st = det.init_state()
@@ -139,7 +140,7 @@ def test_seasonal_memory_returns_the_reading_one_period_earlier() -> None:
     prev = np.r_[prev, det.step(st, ts[25:], x[25:])[:, 0]]  # chunked: same as one pass
     assert np.all(np.isnan(prev[:10]))
     np.testing.assert_array_equal(prev[10:], x[:30])
-    assert len(st["ts"]) <= 12  # only about one period is kept
+    assert memory_length(st) <= 12  # only about one period is kept
     # a stream faster than period / max_len keeps too little history: no seasonal view
     short = SeasonalMemory(1, period_ms=10_000, max_len=5)
     assert np.all(np.isnan(short.step(short.init_state(), ts, x)))

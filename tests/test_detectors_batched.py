@@ -37,11 +37,17 @@ def _run_per_stream(pipe: AnomalyPipeline, data: dict[str, tuple], cuts: dict[st
     return states, alerts
 
 
+# the seasonal view at a 30 s period (readings every second in these tests), the value view, the value weight
+VIEWS = {"errors only": {}, "seasonal and value views": {"season_ms": 30_000, "season_max": 40, "value_short": 4},
+         "short seasonal memory": {"season_ms": 30_000, "season_max": 20}, "value weight": {"value_weight": 0.5}}
+
+
+@pytest.mark.parametrize("views", sorted(VIEWS))
 @pytest.mark.parametrize("channels", [1, 3])
-def test_batched_equals_per_stream_bitwise(channels):
+def test_batched_equals_per_stream_bitwise(channels, views):
     rng = np.random.default_rng(channels)
     pipe = AnomalyPipeline(channels, PipelineConfig(dt_window=0, likelihood_warmup=30, error_warmup=10,
-                                                    long_halflife=200.0, suppress=5))
+                                                    long_halflife=200.0, suppress=5, **VIEWS[views]))
     assert vectorised(pipe)
     lengths = {f"s{i}": int(n) for i, n in enumerate(rng.integers(0, 400, size=12))}
     data = {s: _series(rng, n, channels) for s, n in lengths.items()}
@@ -80,10 +86,11 @@ def test_batched_equals_per_stream_bitwise(channels):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 120), k=st.integers(1, 6))
-def test_batched_equals_per_stream_for_any_chunking(seed, n, k):
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 120), k=st.integers(1, 6), views=st.sampled_from(sorted(VIEWS)))
+def test_batched_equals_per_stream_for_any_chunking(seed, n, k, views):
     rng = np.random.default_rng(seed)
-    pipe = AnomalyPipeline(1, PipelineConfig(dt_window=0, likelihood_warmup=5, error_warmup=3, short=4))
+    pipe = AnomalyPipeline(1, PipelineConfig(dt_window=0, likelihood_warmup=5, error_warmup=3, short=4,
+                                             **VIEWS[views]))
     x, f = _series(rng, n, 1)
     cuts = sorted(set(rng.integers(1, n, size=k).tolist())) if n > 1 else []
     st_b = pipe.init_state()
@@ -96,10 +103,10 @@ def test_batched_equals_per_stream_for_any_chunking(seed, n, k):
     assert pipe.expand(st_b) == want_states["s"]
 
 
-def test_other_configurations_fall_back_to_the_per_stream_path():
-    pipe = AnomalyPipeline(1, PipelineConfig(value_short=4, dt_window=0))
+def test_telemanoms_threshold_falls_back_to_the_per_stream_path():
+    pipe = AnomalyPipeline(1, PipelineConfig(value_short=4, dt_window=100))
     assert not vectorised(pipe) and vectorised(AnomalyPipeline(1, PRODUCT_PIPELINE))
-    assert vectorised(AnomalyPipeline(1, PipelineConfig(dt_window=0)))
+    assert vectorised(AnomalyPipeline(1, PipelineConfig(dt_window=0, season_ms=60_000, value_short=4)))
     rng = np.random.default_rng(0)
     x, f = _series(rng, 300, 1)
     a, b = pipe.init_state(), pipe.init_state()
@@ -176,3 +183,31 @@ def test_a_state_of_another_channel_count_starts_afresh():
         st_old = copy.deepcopy(st_old)
         assert score_streams(one, [st_old], ["s"], np.array([0, 60]), np.arange(60), x, f) == want
         assert st_old == fresh
+
+
+def test_state_written_without_the_value_view_keeps_its_error_view():
+    """A stream's flat state from before the value view was on keeps its error view and gets a fresh value view."""
+    before = AnomalyPipeline(1, _cfg())
+    after = AnomalyPipeline(1, PipelineConfig(**{**_cfg().to_dict(), "value_short": 4}))
+    x, f = _series(np.random.default_rng(9), 80, 1)
+    st_a = before.init_state()
+    score_streams(before, [st_a], ["s"], np.array([0, 80]), np.arange(80) * 1000, x, f)
+    old = list(st_a["v"])
+    row = after.flatten(st_a)
+    assert row[: len(old)] == old and len(row) == after.flat_width()
+    assert after.expand(st_a)["vlik"] == after.vlik.init_state()
+
+
+def test_a_seasonal_memory_in_the_old_list_form_is_read():
+    """Memories written as lists (before the compact form) give the same lookups as the compact form."""
+    from streamer.detectors import SeasonalMemory
+    from streamer.detectors.seasonal import decode_memory
+
+    det = SeasonalMemory(1, period_ms=10_000, max_len=100)
+    ts, x = np.arange(30, dtype=np.int64) * 1000, np.arange(30, dtype=np.float64)
+    compact = det.init_state()
+    det.step(compact, ts[:20], x[:20])
+    mts, mx = decode_memory(compact, 1)
+    listed = {"ts": mts.tolist(), "x": [[float(v)] for v in mx[:, 0]], "last": int(mts[-1])}
+    np.testing.assert_array_equal(det.step(listed, ts[20:], x[20:]), det.step(compact, ts[20:], x[20:]))
+    assert {k: listed[k] for k in ("ts", "x")} == compact  # rewritten in the compact form

@@ -15,7 +15,7 @@ class Detector:
     score_range: tuple[float, float] = (0.0, math.inf)
 
     def init_state(self, n_channels: int = 1) -> dict[str, Any]:
-        """Fresh per-stream state (plain JSON-able data)."""
+        """Fresh per-stream state (plain JSON-able data, see `check_plain`)."""
         raise NotImplementedError
 
 
@@ -53,8 +53,9 @@ def floats(a: np.ndarray) -> list[float]:
 
 
 def check_plain(obj: Any, path: str = "state") -> None:
-    """Raise TypeError unless obj is plain JSON-able data (dict with str keys, list, str, int, float, bool, None)."""
-    if obj is None or isinstance(obj, bool | int | float | str):
+    """Raise TypeError unless obj is plain JSON-able data (dict with str keys, list, str, bytes, int, float, bool,
+    None); bytes are written to snapshots as base64 strings."""
+    if obj is None or isinstance(obj, bool | int | float | str | bytes):
         if isinstance(obj, np.generic):
             raise TypeError(f"{path} is a numpy scalar {type(obj).__name__}; use a Python number")
         return

@@ -97,24 +97,29 @@ class AnomalyPipeline(Detector):
 
     # -- the flat form the daemon keeps (see detectors/batched.py) --------------------------------------
     def flat_width(self) -> int:
-        """Length of the flat row: pred, error mean, var and count per channel; the likelihood's mean, var,
-        count and window length; its window padded to `short`."""
-        return 4 * self.n_channels + 4 + self.lik.short
+        """Length of the flat row: pred, error mean, var and count per channel; then per likelihood (the error
+        view's, and the value view's when on) its mean, var, count and window length and its window padded."""
+        width = 4 * self.n_channels + 4 + self.lik.short
+        return width + (4 + self.vlik.short if self.vlik is not None else 0)
 
     def flatten(self, state: dict[str, Any]) -> list[float]:
         """The error and likelihood parts of a state as one row of floats (NaN for a missing forecast).
 
         A state written for another number of channels (by an earlier model) cannot be read: it is reset in
-        place to a fresh one, whose row is returned.
+        place to a fresh one, whose row is returned. A row written while the value view was off keeps its error
+        view and gets a fresh value view.
         """
         row = state.get("v")
-        if row is None and len(state["error"]["mean"]) == self.n_channels:
-            es, ls, short = state["error"], state["lik"], self.lik.short
-            pred = es["pred"] if es["pred"] is not None else [None] * self.n_channels
-            recent = [float(v) for v in ls["recent"][-short:]]
+        c, base = self.n_channels, 4 * self.n_channels + 4 + self.lik.short
+        if row is None and len(state["error"]["mean"]) == c:
+            es = state["error"]
+            pred = es["pred"] if es["pred"] is not None else [None] * c
             row = [*(math.nan if v is None else float(v) for v in pred), *map(float, es["mean"]),
-                   *map(float, es["var"]), *map(float, es["n"]), float(ls["mean"]), float(ls["var"]),
-                   float(ls["n"]), float(len(recent)), *recent, *[0.0] * (short - len(recent))]
+                   *map(float, es["var"]), *map(float, es["n"]), *_likelihood_row(state["lik"], self.lik.short)]
+            if self.vlik is not None:
+                row += _likelihood_row(state.get("vlik") or self.vlik.init_state(), self.vlik.short)
+        elif row is not None and self.vlik is not None and len(row) == base:  # written with the value view off
+            row = [*row, *_likelihood_row(self.vlik.init_state(), self.vlik.short)]
         if row is None or len(row) != self.flat_width():
             state.clear()
             state.update(self.init_state())
@@ -128,11 +133,11 @@ class AnomalyPipeline(Detector):
         row = self.flatten(state)  # a row that does not fit resets the state to a fresh nested one
         if state.pop("v", None) is not None:
             c = self.n_channels
-            k = int(row[4 * c + 3])
             state["error"] = {"pred": [v if math.isfinite(v) else None for v in row[:c]], "mean": row[c:2 * c],
                               "var": row[2 * c:3 * c], "n": [int(v) for v in row[3 * c:4 * c]]}
-            state["lik"] = {"recent": row[4 * c + 4:4 * c + 4 + k], "mean": row[4 * c], "var": row[4 * c + 1],
-                            "n": int(row[4 * c + 2])}
+            state["lik"] = _likelihood_state(row[4 * c:4 * c + 4 + self.lik.short])
+            if self.vlik is not None:
+                state["vlik"] = _likelihood_state(row[4 * c + 4 + self.lik.short:])
         return state
 
     def prepare(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -195,6 +200,19 @@ class AnomalyPipeline(Detector):
             alerts.extend(fired)
         state["damp"] = damp
         return alerts
+
+
+def _likelihood_row(state: dict[str, Any], short: int) -> list[float]:
+    """A likelihood's state as floats: mean, var, count, window length, the window padded with zeros to `short`."""
+    recent = [float(v) for v in state["recent"][-short:]] if short > 0 else []
+    return [float(state["mean"]), float(state["var"]), float(state["n"]), float(len(recent)), *recent,
+            *[0.0] * (short - len(recent))]
+
+
+def _likelihood_state(row: list[float]) -> dict[str, Any]:
+    """The nested likelihood state of a `_likelihood_row`."""
+    k = int(row[3])
+    return {"recent": row[4:4 + k], "mean": row[0], "var": row[1], "n": int(row[2])}
 
 
 def _fired_rows(ts: np.ndarray, alerts: list[dict[str, Any]]) -> np.ndarray:
