@@ -11,6 +11,7 @@ from streamer.errors import DataError
 
 if TYPE_CHECKING:
     from streamer.evaluation.nab import NabConfig
+    from streamer.evaluation.smap import SmapConfig
 
 
 def _use_threads(n: int | None) -> None:
@@ -122,6 +123,8 @@ def cmd_eval_smap(args: argparse.Namespace) -> int:
     _use_threads(args.threads)
     cfg = smap.SmapConfig(epochs=args.epochs) if args.epochs is not None else smap.SmapConfig()
     only = args.channels.split(",") if args.channels else None
+    if args.cv is not None:
+        return _eval_smap_cv(args, cfg, only)
     summary = smap.run(Path(args.data), Path(args.out) if args.out else None, cfg, only=only,
                        max_rows=args.max_rows, progress=not args.quiet, plots=not args.no_plots)
     print(f"SMAP on {summary['channels']} channels ({summary['labelled_sequences']} labelled sequences), "
@@ -129,6 +132,23 @@ def cmd_eval_smap(args: argparse.Namespace) -> int:
           f"(TP {summary['tp']}, FP {summary['fp']}, FN {summary['fn']}; event level, no point adjustment)")
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "per_channel")}))
+    return 0
+
+
+def _eval_smap_cv(args: argparse.Namespace, cfg: SmapConfig, only: list[str] | None) -> int:
+    """`eval smap --cv K`: the threshold settings of the search space chosen on K-1 folds of channels."""
+    from streamer.evaluation import smap_cv
+
+    _existing("--space", args.space)
+    space = smap_cv.selection.load_space(Path(args.space)) if args.space else smap_cv.SEARCH_SPACE
+    summary = smap_cv.run(Path(args.data), Path(args.out) if args.out else None, cfg, k=args.cv,
+                          seed=args.cv_seed, space=space, only=only, max_rows=args.max_rows,
+                          progress=not args.quiet)
+    print("\n".join(smap_cv.report(summary)))
+    if args.out:
+        print(f"summary: {args.out}/smap_cv.json")
+    if args.json:
+        print(json.dumps(summary))
     return 0
 
 
@@ -172,15 +192,20 @@ def _add_nab(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (default 1: a tiny model is fastest on one; 0: torch's default)")
     n.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     n.add_argument("--quiet", action="store_true", help="no progress bar")
-    n.add_argument("--cv", type=int, nargs="?", const=5, default=None, metavar="K",
-                   help="K-fold cross-validation by file, stratified by category (K default 5): each fold's "
-                        "pipeline configuration (of the search space) and threshold are chosen on the other folds, "
-                        "then scored on it; reports cv_standard beside in_sample_standard, writes OUT/nab_cv.json")
-    n.add_argument("--cv-seed", type=int, default=0, help="seed of the --cv fold split (default 0)")
-    n.add_argument("--space", default=None,
-                   help="--cv search space, JSON: a list of axes, each a list of PipelineConfig field overrides "
-                        "(default: streamer.evaluation.nab_cv.SEARCH_SPACE)")
+    _cv_arguments(n, "by file, stratified by category (K default 5): each fold's pipeline configuration (of the "
+                     "search space) and threshold are chosen on the other folds, then scored on it; reports "
+                     "cv_standard beside in_sample_standard, writes OUT/nab_cv.json", "PipelineConfig", "nab_cv")
     n.set_defaults(func=cmd_eval_nab)
+
+
+def _cv_arguments(parser: argparse.ArgumentParser, what: str, config: str, module: str) -> None:
+    """--cv, --cv-seed and --space of an evaluation with honest selection."""
+    parser.add_argument("--cv", type=int, nargs="?", const=5, default=None, metavar="K",
+                        help=f"K-fold cross-validation {what}")
+    parser.add_argument("--cv-seed", type=int, default=0, help="seed of the --cv fold split (default 0)")
+    parser.add_argument("--space", default=None,
+                        help=f"--cv search space, JSON: a list of axes, each a list of {config} field overrides "
+                             f"(default: streamer.evaluation.{module}.SEARCH_SPACE)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -232,6 +257,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sm.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     sm.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     sm.add_argument("--quiet", action="store_true", help="no progress bar")
+    _cv_arguments(sm, "by channel, stratified by subsystem (K default 5): each fold's threshold settings (of the "
+                      "search space) are chosen by event F1 on the other folds, then scored on it; reports "
+                      "cv_precision and cv_recall beside the in-sample figures, writes OUT/smap_cv.json",
+                  "SmapConfig", "smap_cv")
     sm.set_defaults(func=cmd_eval_smap)
 
     e = sub.add_parser("ett", help="ETTh1 forecasting, standard protocol: test MSE/MAE beside repeat-last",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -196,3 +197,12 @@ def serve_in_thread(service, timeout: float = 30.0) -> threading.Thread:
     while service.settings.metrics.enabled and service.http is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return thread
+
+
+def parse_cli(argv: list[str]) -> argparse.Namespace:
+    """`streamer eval ...` arguments parsed as the CLI parses them (args.func runs the command)."""
+    from streamer.eval_cli import register
+
+    parser = argparse.ArgumentParser(prog="streamer")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)

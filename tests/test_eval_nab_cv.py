@@ -58,7 +58,7 @@ def test_fold_split_is_stratified_deterministic_disjoint_and_covering() -> None:
 
 def test_search_space_is_the_product_of_its_axes_and_never_varies_the_normalisation() -> None:
     configs = nab_cv.configurations()
-    assert len(configs) == 24 and len({json.dumps(c, sort_keys=True) for c in configs}) == 24
+    assert len(configs) == 48 and len({json.dumps(c, sort_keys=True) for c in configs}) == 48
     assert all("norm_halflife" not in c for c in configs)
     with pytest.raises(ConfigError):
         nab_cv.configurations((({"norm_halflife": 100.0},),))
@@ -145,6 +145,9 @@ def test_eval_nab_cv_end_to_end_on_the_shipped_files(tmp_path: Path, capsys: pyt
     summary = json.loads(printed[-1])
     assert any(line.strip().startswith("cv_standard") for line in printed)
     assert isinstance(summary["cv_standard"], float) and isinstance(summary["in_sample_standard"], float)
+    # the alerts at the daemon's own threshold, scored without a sweep, cross-validated and in sample
+    assert isinstance(summary["cv_own_threshold_standard"], float)
+    assert isinstance(summary["in_sample_own_threshold_standard"], float)
     assert summary["configurations"] == 2 and summary["files"] == 3 and len(summary["folds"]) == 3
     files = [f for fold in summary["folds"] for f in fold["files"]]
     assert sorted(files) == sorted(f"realAWSCloudwatch/{p.name}"

@@ -14,8 +14,6 @@ again per configuration (`rescore`).
 
 from __future__ import annotations
 
-import itertools
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,73 +23,53 @@ import numpy as np
 
 from streamer.detectors import AnomalyPipeline, PipelineConfig
 from streamer.errors import ConfigError
-from streamer.evaluation import nab
+from streamer.evaluation import nab, selection
 from streamer.evaluation import nab_scorer as ns
 
 DAY_MS = 86_400_000
-# The declared search space: axes of PipelineConfig overrides; the configurations are their product (24 here).
-SEARCH_SPACE: tuple[tuple[dict[str, Any], ...], ...] = (
-    ({"season_ms": 0}, {"season_ms": DAY_MS, "season_max": 300}, {"season_ms": DAY_MS, "season_max": 1500}),
+# The declared search space: axes of PipelineConfig overrides; the configurations are their product (48 here).
+SEARCH_SPACE: selection.Space = (
+    ({"season_ms": 0}, {"season_ms": DAY_MS, "season_max": 300}),
     ({"value_short": 0}, {"value_short": 4}),
     ({"long_halflife": 2000.0}, {"long_halflife": 8000.0}),
     ({"short": 4}, {"short": 8}),
+    ({"suppress": 50}, {"suppress": 100}, {"suppress": 150}),
 )
 FIXED = ("norm_halflife",)  # the pre-training normalises with it: never searched
 PROFILE = "standard"
 
 
-def configurations(space: tuple[tuple[dict[str, Any], ...], ...] = SEARCH_SPACE) -> list[dict[str, Any]]:
-    """Every configuration of a search space: the merged overrides of one choice per axis, in a fixed order."""
-    known = set(PipelineConfig().to_dict())
-    out = []
-    for combo in itertools.product(*space):
-        merged: dict[str, Any] = {}
-        for part in combo:
-            merged.update(part)
-        bad = sorted(set(merged) - known) + sorted(set(merged) & set(FIXED))
-        if bad:
-            raise ConfigError(f"search space: fields {bad} are unknown or fixed (known: {sorted(known)})")
-        out.append(merged)
-    return out
+def configurations(space: selection.Space = SEARCH_SPACE) -> list[dict[str, Any]]:
+    """Every configuration of a search space over PipelineConfig (never the fixed normalisation)."""
+    return selection.configurations(space, set(PipelineConfig().to_dict()), FIXED)
 
 
-def load_space(path: Path) -> tuple[tuple[dict[str, Any], ...], ...]:
-    """A search space from JSON: a list of axes, each a list of objects of PipelineConfig field overrides."""
-    axes = json.loads(Path(path).read_text())
-    if not isinstance(axes, list) or not all(isinstance(a, list) and a for a in axes):
-        raise ConfigError(f"{path}: a search space is a list of non-empty lists of field overrides")
-    return tuple(tuple(dict(c) for c in a) for a in axes)
-
-
-def split_folds(names: list[str], k: int, seed: int = 0) -> list[list[int]]:
-    """K disjoint folds of file indices covering every file, stratified by category (the part before '/').
-
-    Each category's files are shuffled with `seed`, the categories laid end to end (sorted by name) and the
-    files dealt to folds in turn, so every category is spread as evenly as its size allows and folds differ in
-    size by at most one file.
-    """
-    if not 2 <= k <= len(names):
-        raise ConfigError(f"--cv {k}: needs 2 <= K <= the number of files ({len(names)})")
-    rng = np.random.default_rng(seed)
-    by_cat: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        by_cat.setdefault(name.split("/", 1)[0], []).append(i)
-    order = [i for cat in sorted(by_cat) for i in rng.permutation(by_cat[cat]).tolist()]
-    folds: list[list[int]] = [[] for _ in range(k)]
-    for j, i in enumerate(order):
-        folds[j % k].append(i)
-    return [sorted(f) for f in folds]
+load_space = selection.load_space
+split_folds = selection.split_folds
 
 
 def rescore(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]],
-            config: PipelineConfig) -> list[np.ndarray]:
-    """Final scores of every series under `config`, from the normalised readings and forecasts of one stream."""
+            config: PipelineConfig, key: str = "score") -> list[np.ndarray]:
+    """Final scores of every series under `config`, from the normalised readings and forecasts of one stream
+    (key "fired": 1.0 where an alert fired at the pipeline's own threshold, else 0.0)."""
     pipe = AnomalyPipeline(1, config)
     out = []
     for s in series:
         r = streamed[s.name]
-        out.append(pipe.score(pipe.init_state(), s.ts, r["x_norm"][:, None], r["forecast"][:, None])["score"])
+        out.append(pipe.score(pipe.init_state(), s.ts, r["x_norm"][:, None], r["forecast"][:, None])[key])
     return out
+
+
+def own_threshold(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]], corpus: list[ns.FileTruth],
+                  base: PipelineConfig, picks: list[tuple[list[int], dict[str, Any]]]) -> float:
+    """NAB score of the alerts the daemon fires at its own threshold (alert_on), each group of files under its
+    configuration: what a user of the alert topic gets, no threshold swept."""
+    fired: list[np.ndarray | None] = [None] * len(corpus)
+    for files, config in picks:
+        rows = rescore([series[i] for i in files], streamed, replace(base, **config), key="fired")
+        for i, r in zip(files, rows, strict=True):
+            fired[i] = r
+    return ns.score_at(fired, corpus, 0.5, PROFILE)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -139,19 +117,15 @@ def cross_validate(scores: list[list[np.ndarray]], corpus: list[ns.FileTruth],
     return {"cv_standard": round(cv, 3), "folds": out}
 
 
-def _named(config: dict[str, Any]) -> str:
-    """One configuration's overrides as 'field=value ...'."""
-    return " ".join(f"{k}={v}" for k, v in config.items())
-
-
 def run(data_dir: Path, out_dir: Path | None, cfg: nab.NabConfig, k: int = 5, seed: int = 0,
-        space: tuple[tuple[dict[str, Any], ...], ...] = SEARCH_SPACE, progress: bool = False) -> dict[str, Any]:
+        space: selection.Space = SEARCH_SPACE, progress: bool = False) -> dict[str, Any]:
     """Pre-train once, stream once, score every configuration, cross-validate; the summary (and OUT/nab_cv.json)."""
     started = time.perf_counter()
     corpus = ns.load_corpus(Path(data_dir))
     series = nab.load_series(corpus, Path(data_dir))
     configs = configurations(space)
-    folds = split_folds([t.name for t in corpus], k, seed)
+    names = [t.name for t in corpus]
+    folds = split_folds(names, k, seed)
     model = nab.pretrain(series, cfg, progress=progress)
     t_train = time.perf_counter() - started
     streamed = nab.stream_corpus(series, model, AnomalyPipeline(1, cfg.pipeline), cfg.chunk, progress=progress)
@@ -163,8 +137,12 @@ def run(data_dir: Path, out_dir: Path | None, cfg: nab.NabConfig, k: int = 5, se
         configs, scores, strict=True)]
     for f in cv["folds"]:
         f["chosen"] = configs[f["chosen"]]
+    held = [([names.index(n) for n in f["files"]], f["chosen"]) for f in cv["folds"]]
+    cv_own = own_threshold(series, streamed, corpus, cfg.pipeline, held)
+    in_own = own_threshold(series, streamed, corpus, cfg.pipeline, [(list(range(len(corpus))), configs[best.config])])
     summary = {
         "cv_standard": cv["cv_standard"], "in_sample_standard": round(best.score, 3),
+        "cv_own_threshold_standard": round(cv_own, 3), "in_sample_own_threshold_standard": round(in_own, 3),
         "in_sample": {"chosen": configs[best.config], "threshold": best.threshold},
         "base_standard": round(base.score, 3), "folds": cv["folds"], "in_sample_every": every, "k": k,
         "seed": seed,
@@ -173,9 +151,7 @@ def run(data_dir: Path, out_dir: Path | None, cfg: nab.NabConfig, k: int = 5, se
                                                                                        "layers", "seed", "epochs",
                                                                                        "lr")},
         "pretrain_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - started, 2)}
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "nab_cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    selection.write_summary(out_dir, "nab_cv.json", summary)
     return summary
 
 
@@ -186,9 +162,12 @@ def report(summary: dict[str, Any]) -> list[str]:
              f"  cv_standard         {summary['cv_standard']:8.3f}  (each file scored with its fold's choice, "
              "made on the other folds)",
              f"  in_sample_standard  {summary['in_sample_standard']:8.3f}  (chosen on all files: "
-             f"{_named(summary['in_sample']['chosen'])}, threshold {summary['in_sample']['threshold']:.4f})",
-             f"  base pipeline       {summary['base_standard']:8.3f}  (in sample, swept threshold)"]
+             f"{selection.named(summary['in_sample']['chosen'])}, threshold {summary['in_sample']['threshold']:.4f})",
+             f"  base pipeline       {summary['base_standard']:8.3f}  (in sample, swept threshold)",
+             f"  own threshold       {summary['cv_own_threshold_standard']:8.3f} cross-validated, "
+             f"{summary['in_sample_own_threshold_standard']:.3f} in sample  (the alerts the daemon fires at alert_on, "
+             "no sweep)"]
     for j, f in enumerate(summary["folds"]):
         lines.append(f"  fold {j}: {len(f['files'])} files, train {f['train_score']:7.3f}, held "
-                     f"{f['held_score']:7.3f}, threshold {f['threshold']:.4f}: {_named(f['chosen'])}")
+                     f"{f['held_score']:7.3f}, threshold {f['threshold']:.4f}: {selection.named(f['chosen'])}")
     return lines

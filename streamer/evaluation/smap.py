@@ -1,21 +1,20 @@
 """`streamer eval smap`: Telemanom's evaluation (Hundman et al., KDD 2018) on NASA SMAP telemetry, streamed.
 
-Per channel, as Telemanom does: a small recurrent forecaster (GRU, 32 units, 40 full-batch Adam steps) is fitted
-on the channel's train array only (inputs: column 0, the telemetry value, and the 24 one-hot command columns;
-targets: the next 10 telemetry values, Telemanom's n_predictions). The test array is then streamed once, in
-order, in chunks through `Engine.step` exactly as the daemon serves a stream (hidden state carried across
-chunks); the error of row t is |value_t - the one-step forecast made at row t - 1|, and the first 250 rows are
-not scored (cold state; Telemanom's first forecast needs l_s = 250 rows). The errors go through
-`TelemanomSequences` with Telemanom's settings: EWMA smoothing (span 105); every 70 readings the threshold is
-found on the last 2100 smoothed errors with Telemanom's objective, anomalies counted widened by the error
-buffer (100); windows whose errors are small beside the values' range are skipped; runs above the threshold
-are pruned (p = 0.13) and those in the newest 70 readings are flagged; the same is done on the errors mirrored
-around the window's mean (drops). Flagged readings, widened by the error buffer, form the predicted anomalous
-sequences. No test label is used except for scoring, one configuration serves every channel. Scoring is
-Telemanom's event level (no point adjustment): a labelled sequence overlapped by a predicted one is a true
-positive, labelled sequences with none are false negatives, predicted sequences that overlap no labelled one are
-false positives; precision = TP / (TP + FP), recall = TP / (TP + FN), summed over channels. Indices are those of
-the test arrays, as are the labels.
+Per channel, as Telemanom does: a small recurrent forecaster (GRU, 32 units, 40 full-batch Adam steps) is fitted on
+the channel's train array only (inputs: column 0, the telemetry value, and the 24 one-hot command columns; targets:
+the next 10 telemetry values, Telemanom's n_predictions). The test array is then streamed once, in order, in chunks
+through `Engine.step` exactly as the daemon serves a stream (hidden state carried across chunks); the error of row t
+is |value_t - the one-step forecast made at row t - 1|, and the first 250 rows are not scored (cold state;
+Telemanom's first forecast needs l_s = 250 rows). The errors go through `TelemanomSequences` with Telemanom's
+settings: EWMA smoothing (span 105); every 70 readings the threshold is found on the last 2100 smoothed errors with
+Telemanom's objective, anomalies counted widened by the error buffer (100); windows whose errors are small beside
+the values' range are skipped; runs above the threshold are pruned (p = 0.10, chosen by `--cv` over channels) and
+those in the newest 70 readings are flagged; the same is done on the errors mirrored around the window's mean
+(drops). Flagged readings, widened by the error buffer, form the predicted anomalous sequences. No test label is
+used except for scoring, one configuration serves every channel. Scoring is Telemanom's event level (no point
+adjustment): a labelled sequence overlapped by a predicted one is a true positive, labelled sequences with none are
+false negatives, predicted sequences that overlap no labelled one are false positives; precision = TP / (TP + FP),
+recall = TP / (TP + FN), summed over channels. Indices are those of the test arrays, as are the labels.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class SmapConfig:
     window: int = 2100  # Telemanom: window_size 30 x batch_size 70
     batch: int = 70
     span: float = 105.0  # Telemanom: smoothing_perc 0.05 x window
-    prune: float = 0.13  # Telemanom: p
+    prune: float = 0.10  # Telemanom's p, chosen by `streamer eval smap --cv` (benchmarks/smap_cv.json)
     error_buffer: int = 100  # Telemanom: flagged readings widened by this many on each side (also in epsilon's count)
     min_frac: float = 0.05
     invert: bool = True  # Telemanom: the errors mirrored around their mean are thresholded too (drops)
@@ -155,36 +154,42 @@ def fit_channel(ch: Channel, cfg: SmapConfig) -> RecurrentModel:
     return model.eval()
 
 
-def stream_channel(ch: Channel, model: RecurrentModel, cfg: SmapConfig) -> dict[str, Any]:
-    """The test array streamed through the engine; errors through TelemanomSequences; predicted sequences."""
+def channel_errors(ch: Channel, model: RecurrentModel, cfg: SmapConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The test array streamed through the engine in chunks: (one-step forecasts, |error|; NaN in the skip)."""
     engine = Engine.from_model(model, capacity=1, device="cpu")
-    det = TelemanomSequences(window=cfg.window, batch=cfg.batch, span=cfg.span, prune=cfg.prune,
-                             min_frac=cfg.min_frac, invert=cfg.invert, epsilon_buffer=cfg.error_buffer)
-    st = det.init_state()
     n = len(ch.test)
     ts = np.arange(n, dtype=np.int64) * 60_000
     pred = np.full(n, np.nan)
-    es, thr = np.zeros(n), np.full(n, np.nan)
-    flagged: list[int] = []
     prev = np.nan
     for a in range(0, n, cfg.chunk):
         sl = slice(a, min(n, a + cfg.chunk))
         res = engine.step([Chunk(ch.name, ts[sl], ch.test[sl])])[0]
         fc = res.outputs["forecast"][:, 0, 0].astype(np.float64)  # one step ahead
-        p = np.r_[prev, fc[:-1]]  # the forecast of row t was made at row t - 1
+        pred[sl] = np.r_[prev, fc[:-1]]  # the forecast of row t was made at row t - 1
         prev = float(fc[-1])
-        pred[sl] = p
-        err = np.abs(ch.test[sl, 0] - p)
-        err[np.arange(sl.start, sl.stop) < cfg.skip] = np.nan
-        out = det.step(st, ts[sl], err, ch.test[sl, 0])
-        es[sl], thr[sl] = out["es"], out["threshold"]
-        flagged.extend(out["anomalous"])
+    err = np.abs(ch.test[:, 0] - pred)
+    err[: cfg.skip] = np.nan
+    return pred, err
+
+
+def detect(ch: Channel, err: np.ndarray, cfg: SmapConfig) -> dict[str, Any]:
+    """Errors through TelemanomSequences (chunking does not change it); the predicted sequences."""
+    det = TelemanomSequences(window=cfg.window, batch=cfg.batch, span=cfg.span, prune=cfg.prune,
+                             min_frac=cfg.min_frac, invert=cfg.invert, epsilon_buffer=cfg.error_buffer)
+    n = len(ch.test)
+    out = det.step(det.init_state(), np.arange(n, dtype=np.int64) * 60_000, err, ch.test[:, 0])
     mask = np.zeros(n, dtype=bool)
-    for i in flagged:
+    for i in out["anomalous"]:
         mask[max(0, i - cfg.error_buffer) : i + cfg.error_buffer + 1] = True
     d = np.diff(np.r_[0, mask.astype(np.int8), 0])
     seqs = list(zip(np.flatnonzero(d == 1).tolist(), (np.flatnonzero(d == -1) - 1).tolist(), strict=True))
-    return {"pred": pred, "es": es, "threshold": thr, "sequences": seqs}
+    return {"es": out["es"], "threshold": out["threshold"], "sequences": seqs}
+
+
+def stream_channel(ch: Channel, model: RecurrentModel, cfg: SmapConfig) -> dict[str, Any]:
+    """The test array streamed through the engine; errors through TelemanomSequences; predicted sequences."""
+    pred, err = channel_errors(ch, model, cfg)
+    return {"pred": pred, **detect(ch, err, cfg)}
 
 
 def score_channel(pred: list[tuple[int, int]], labels: list[tuple[int, int]]) -> dict[str, int]:
