@@ -1,5 +1,7 @@
-"""Conformance of every detector class: no look-ahead, chunking equivalence, state round-trip through the state
-store's snapshot (extras), NaN and constant streams, scores within the stated range, plain-data state."""
+"""Conformance of every detector class (each `Detector` subclass in streamer.detectors, found by walking the package:
+one without a case here fails `test_every_detector_class_has_a_case`): no look-ahead, chunking equivalence, state
+round-trip through the state store's snapshot (extras), NaN and constant streams, scores within the stated range,
+plain-data state."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from streamer.detectors import (
     AlertLifecycle,
     AnomalyLikelihood,
     AnomalyPipeline,
+    Detector,
     DynamicThreshold,
     ForecastErrorScorer,
     HysteresisEvents,
@@ -113,6 +116,32 @@ CASES = [
                                                                  value_short=3)), _pipeline),
 ]
 IDS = [c.name for c in CASES]
+
+
+def detector_classes() -> set[type]:
+    """Every Detector subclass defined in the streamer.detectors package (its modules imported first)."""
+    import importlib
+    import pkgutil
+
+    import streamer.detectors as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    found, todo = set(), [Detector]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith(package.__name__ + "."):
+                found.add(sub)
+    return found
+
+
+def test_every_detector_class_has_a_case() -> None:
+    """A detector added to the package cannot skip this suite."""
+    covered = {type(case.make()) for case in CASES}
+    missing = sorted(cls.__name__ for cls in detector_classes() - covered)
+    assert not missing, f"detectors without a conformance case: {missing}"
+    assert len(covered) == len(CASES)  # one case per class
 
 
 def stream(seed: int, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
