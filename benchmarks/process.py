@@ -29,7 +29,7 @@ from streamer.models import ModelConfig, build_model
 from streamer.service import Service
 
 
-class _NoCommit:
+class NoCommit:
     """Stands in for the Committer: takes the commit's records and offsets and publishes nothing."""
 
     def start(self, records, offsets) -> None:
@@ -41,6 +41,9 @@ class _NoCommit:
     def idle(self) -> bool:
         return True
 
+    def close(self) -> None:
+        pass
+
 
 def service(anomalies: bool, hidden: int) -> Service:
     """A CPU service with the benchmark's model (GRU, one channel) and a forecast for every reading."""
@@ -50,7 +53,7 @@ def service(anomalies: bool, hidden: int) -> Service:
     settings = load_settings(kafka={"forecast_topic": "forecasts"}, engine={"device": "cpu"},
                              output={"forecast_every": 1, "anomalies": anomalies}, metrics={"enabled": False})
     svc = Service(settings, model=model)
-    svc._committer = _NoCommit()
+    svc.use_committer(NoCommit())
     return svc
 
 
@@ -79,7 +82,7 @@ def measure(streams: int, per_batch: int, n: int, hidden: int = 32) -> dict[str,
     for svc in services.values():  # warm-up: every stream resident, lazily created objects created
         for recs in polls[:3]:
             svc.process(recs)
-            svc._commit()
+            svc.commit()
     gc.collect()
     gc.freeze()
     gc.disable()  # as the daemon's BatchCollector: a young collection after each batch, inside the timing
@@ -89,7 +92,7 @@ def measure(streams: int, per_batch: int, n: int, hidden: int = 32) -> dict[str,
             for name, svc in services.items():
                 started = time.perf_counter()
                 svc.process(recs)
-                svc._commit()
+                svc.commit()
                 gc.collect(0)
                 times[name].append(time.perf_counter() - started)
     finally:

@@ -250,3 +250,8 @@ def install(consumer: KafkaConsumer) -> bool:
         return False
     fetcher.PartitionRecords = FastPartitionRecords  # an instance attribute: other consumers are untouched
     return True
+
+
+def installed(consumer: KafkaConsumer) -> bool:
+    """Whether this consumer decodes its fetched records with FastPartitionRecords."""
+    return getattr(getattr(consumer, "_fetcher", None), "PartitionRecords", None) is FastPartitionRecords

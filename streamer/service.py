@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -121,6 +122,22 @@ class _Rebalance(ConsumerRebalanceListener):
         self.service.on_assigned(assigned)
 
 
+class CommitSink(Protocol):
+    """What the loop commits through: `Committer` on Kafka, a stand-in without a broker."""
+
+    def start(self, records: list[OutRecord], offsets: dict) -> None:
+        """Begin committing the records and offsets atomically, in the background."""
+
+    def wait(self) -> bool:
+        """Wait for the commit in flight (raising its failure); whether there was one."""
+
+    def idle(self) -> bool:
+        """Whether no commit is in flight."""
+
+    def close(self) -> None:
+        """Finish the commit in flight and release the clients."""
+
+
 class Service:
     """Consumes readings, keeps each stream's state across polls, publishes forecasts; exactly once."""
 
@@ -155,7 +172,7 @@ class Service:
         self._reason = "starting"  # why /readyz says not ready
         self._answered = False  # a bootstrap server accepted a connection in the last start-up attempt
         self._pending = _Pending()
-        self._committer: Committer | None = None
+        self._committer: CommitSink | None = None
         self._inflight: tuple[_Pending, int, float] | None = None  # the commit running: work, states, start
         self._failure: BaseException | None = None
         self._rebalances = 0  # partitions revoked so far (a batch polled across a revocation is void)
@@ -200,7 +217,7 @@ class Service:
             self.metrics.reload_failures.inc()
             log.warning("new checkpoint not loaded: %s", exc)
             return
-        self._commit(wait=True)  # the outputs so far belong to the old model
+        self.commit(wait=True)  # the outputs so far belong to the old model
         keep = new.same_architecture(self.served)
         if keep:
             self.engine = self._make_engine(new, store=self.engine.store)
@@ -435,7 +452,7 @@ class Service:
                     self.last_progress = now
                 self.stats.polls += 1
                 self._after_poll(consumer, now, timers, bool(records))
-            self._commit(wait=True)
+            self.commit(wait=True)
         finally:
             self._set_ready(False)
             if self._committer is not None:  # a failed session: join the commit in flight, then close
@@ -451,7 +468,7 @@ class Service:
         commit, collect garbage, evict idle streams, check silence, export gauges, look for a new checkpoint."""
         e, m = self.settings.engine, self.settings.model
         if self._pending and now - timers["commit"] >= self.settings.kafka.commit_interval_ms / 1000:
-            self._commit()
+            self.commit()
             timers["commit"] = now
         elif self._inflight is not None and self._committer.idle():
             self._settle()  # account for a finished commit without waiting for the next one
@@ -608,7 +625,7 @@ class Service:
             self._restorer.revoked(revoked)
         self._reason = "partitions revoked, waiting for the next assignment"
         try:
-            self._commit(wait=True)
+            self.commit(wait=True)
         except Exception as exc:  # kafka-python swallows listener errors: hand it to the loop
             self._failure = exc
             return
@@ -886,7 +903,12 @@ class Service:
         """The outputs queued since the last commit (forecasts, alerts, events, dead letters), in order."""
         return list(self._pending.records)
 
-    def _commit(self, wait: bool = False) -> None:
+    def use_committer(self, committer: CommitSink) -> None:
+        """Commit through `committer` instead of a Kafka transaction (benchmarks and tests without a broker); a
+        session with the cluster replaces it with its own."""
+        self._committer = committer
+
+    def commit(self, wait: bool = False) -> None:
         """Hand the pending outputs, the state of every changed stream and the offsets to the committer, to be
         committed atomically while the loop goes on; with `wait`, return only once all of it is committed."""
         p = self._pending

@@ -434,7 +434,7 @@ class Committer:
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
         self._offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        self._appender = RecordAppender(producer)
+        self.appender = RecordAppender(producer)
         if exactly_once:
             producer.init_transactions()
 
@@ -487,8 +487,8 @@ class Committer:
             if self.exactly_once:
                 self.producer.begin_transaction()
                 if offsets:
-                    offsets_added = self._send_offsets(offsets, metadata)
-            futures = self._appender.append(records)
+                    offsets_added = self.send_offsets(offsets, metadata)
+            futures = self.appender.append(records)
             if self.exactly_once:
                 if offsets_added is not None:
                     offsets_added.wait()  # raises what adding the offsets failed with
@@ -505,8 +505,8 @@ class Committer:
                 self._abort_quietly()
             self._error = exc
 
-    def _send_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata],
-                      metadata: ConsumerGroupMetadata | str) -> TransactionalRequestResult | None:
+    def send_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata],
+                     metadata: ConsumerGroupMetadata | str) -> TransactionalRequestResult | None:
         """Add `offsets` to the open transaction without waiting; the result to wait on (None: already done).
 
         KafkaProducer.send_offsets_to_transaction enqueues two requests (AddOffsetsToTxn, then TxnOffsetCommit)

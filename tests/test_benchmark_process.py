@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from benchmarks.process import batches, measure, service
+from benchmarks.process import NoCommit, batches, measure, service
 
 
 def test_a_batch_yields_a_forecast_and_a_state_record_per_stream():
     svc = service(anomalies=True, hidden=8)
+    sink = NoCommit()
+    svc.use_committer(sink)
     svc.process(batches(streams=20, per_batch=60, n=1)[0])
-    svc._commit()
-    assert svc._committer.records == 20 + 20  # one forecast record per stream per batch, one snapshot each
+    svc.commit()
+    assert sink.records == 20 + 20  # one forecast record per stream per batch, one snapshot each
 
 
 def test_measure_reports_both_services_per_batch():

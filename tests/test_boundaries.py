@@ -32,3 +32,31 @@ def test_only_config_reads_the_environment():
     readers = [str(f.relative_to(ROOT)) for f in (ROOT / "streamer").rglob("*.py")
                if "os.environ" in f.read_text() or "getenv" in f.read_text()]
     assert readers == [] or readers == ["streamer/config.py"], readers
+
+
+def private_uses(path: Path, root: Path = ROOT) -> list[str]:
+    """`x._name` on anything but self or cls, and `from streamer... import _name`, in one file."""
+    where = path.relative_to(root)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("streamer"):
+            found += [f"{where}:{node.lineno}: from {node.module} import {a.name}"
+                      for a in node.names if a.name.startswith("_")]
+    return found
+
+
+def test_tests_and_benchmarks_use_public_seams_only():
+    """No test or benchmark reaches into a private member (of Service, the transport, the store or anything else)."""
+    files = sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")])
+    assert len(files) > 40
+    assert [hit for f in files for hit in private_uses(f)] == []
+
+
+def test_the_private_member_scan_finds_what_it_looks_for(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("svc._committer = None\nself._ok = 1\nx.__class__\nfrom streamer.state import _json\n")
+    assert sorted(h.split(": ", 1)[1] for h in private_uses(probe, tmp_path)) == [
+        "from streamer.state import _json", "svc._committer"]

@@ -152,8 +152,7 @@ def test_the_daemons_consumer_reads_committed_transactions_as_kafka_python_does(
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, input_topics=[topic], group_id=f"g-{topic}")
     fast_consumer = make_consumer(settings)
     stock_consumer = make_consumer(settings, stock_decoding=True)
-    assert isinstance(fast_consumer._fetcher.PartitionRecords(0, TP, MemoryRecords(b"")), FastPartitionRecords)
-    assert not isinstance(stock_consumer._fetcher.PartitionRecords(0, TP, MemoryRecords(b"")), FastPartitionRecords)
+    assert record_reader.installed(fast_consumer) and not record_reader.installed(stock_consumer)
     n = 3 * 40 + 3 * 15  # the committed transactions and the plain records
     fast, stock = _read(fast_consumer, topic, 2, n), _read(stock_consumer, topic, 2, n)
     assert fast == stock

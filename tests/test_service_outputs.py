@@ -74,7 +74,7 @@ def test_a_spike_fires_one_alert_that_resolves(kafka_bootstrap, new_topic):
     assert a["model"] == service.served.name and a["version"] == service.served.version
     resolved = [x for x in alerts if x["state"] == "resolved"]
     assert [x["id"] for x in resolved] == [a["id"]] and resolved[0]["end_ts"] > a["start_ts"]
-    assert service.metrics.alerts_firing._value.get() == 0
+    assert service.metrics.registry.get_sample_value("streamer_alerts_firing") == 0
 
 
 def _switch_model() -> torch.nn.Module:

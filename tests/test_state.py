@@ -105,7 +105,8 @@ def test_capacity_is_a_hard_bound_with_flat_memory():
     assert evicted == names[:450]  # least recently used first, in order
     assert sorted(engine.store.streams()) == sorted(names[450:])
     assert {k: (t.data_ptr(), t.numel()) for k, t in engine.store.tensors.items()} == ptrs
-    assert len(engine.store._index) == 50 and len(engine.store._extra) <= 50
+    assert len(engine.store.streams()) == 50  # evicted streams leave no extras behind either
+    assert all(engine.store.get_extra(s) is None for s in names[:450])
     # more distinct streams in one step than the capacity: processed in groups, still bounded
     big = [Chunk(f"b{i}", np.arange(2), np.zeros((2, 2), np.float32)) for i in range(120)]
     res = engine.step(big, now=1e3)

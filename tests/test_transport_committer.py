@@ -69,9 +69,9 @@ def test_offsets_join_the_transaction_before_the_records_without_blocking(kafka_
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{uuid.uuid4().hex[:8]}")
     committer = Committer(consumer, producer, exactly_once=True)
     producer.begin_transaction()
-    added = committer._send_offsets(_offset(src, 4), consumer.group_metadata())
+    added = committer.send_offsets(_offset(src, 4), consumer.group_metadata())
     assert added is not None  # the installed kafka-python has what the non-blocking path needs
-    committer._appender.append(_outputs(dst, records))
+    committer.appender.append(_outputs(dst, records))
     assert added.wait(timeout_ms=10_000) is True
     producer.commit_transaction()
     assert consumer.committed(TopicPartition(src, 0)) == 4
@@ -92,7 +92,7 @@ def test_offsets_fall_back_to_the_blocking_call_without_kafka_pythons_internals(
 
     producer = Blocking()
     committer = Committer(None, producer, exactly_once=False)
-    assert committer._send_offsets(_offset("src", 3), "group") is None
+    assert committer.send_offsets(_offset("src", 3), "group") is None
     assert producer.sent == [(_offset("src", 3), "group")]
 
 
