@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamer.checkpoints import DERIVED_NUMERIC, load
 from streamer.config import RANDOM_MODEL, Settings
 from streamer.errors import ConfigError
 from streamer.models import ModelConfig, RecurrentModel, build_model, value_head
@@ -80,8 +81,6 @@ def checkpoint_signature(path: str | os.PathLike) -> str | None:
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> ServedModel:
     """Load a training checkpoint (safetensors + meta.json; never executes code) for serving."""
-    from training.checkpoints import load  # training owns the format; serving only reads it
-
     signature = checkpoint_signature(path)
     model, meta = load(path, device=device)
     norm = meta["normalization"]
@@ -99,12 +98,10 @@ def check_servable(served: ServedModel, settings: Settings) -> ServedModel:
     """Refuse a checkpoint the daemon cannot serve with these settings: ConfigError naming the setting.
 
     Training computes some inputs itself (categorical codes through embeddings, and the '@' inputs derived from
-    timestamps, training.data.DERIVED_NUMERIC); the daemon steps the readings' values only, so such a model
+    timestamps, streamer.checkpoints.DERIVED_NUMERIC); the daemon steps the readings' values only, so such a model
     would fail on its first batch. `streamer eval occupancy` computes the derived inputs and can still use them.
     Event levels that the settings contradict (event_hysteresis) are refused too.
     """
-    from training.data import DERIVED_NUMERIC
-
     derived = [c for c in served.channels or () if c in DERIVED_NUMERIC]
     if served.model.config.categorical or derived:
         what = f"inputs derived from timestamps {derived}" if derived else "categorical inputs (embeddings)"

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from streamer import checkpoints
 from streamer.errors import CheckpointError, ConfigError
 from streamer.models import ModelConfig, build_model
 from streamer.models.autoencoder import WindowAEConfig, WindowAutoencoder, masked_mse, masked_window_mse
-from training import checkpoints, windowed
+from training import windowed
 from training.windowed import WindowTrainConfig, fit_windowed, make_windows, score_series, window_bounds
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

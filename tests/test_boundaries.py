@@ -60,3 +60,18 @@ def test_the_private_member_scan_finds_what_it_looks_for(tmp_path):
     probe.write_text("svc._committer = None\nself._ok = 1\nx.__class__\nfrom streamer.state import _json\n")
     assert sorted(h.split(": ", 1)[1] for h in private_uses(probe, tmp_path)) == [
         "from streamer.state import _json", "svc._committer"]
+
+
+def test_import_contracts_hold():
+    """The import-linter contracts of pyproject.toml: pure modules free of Kafka and Prometheus, kafka-python only
+    in the Kafka modules, a runtime that imports neither training, evaluation nor plotting."""
+    import os
+
+    from importlinter.cli import lint_imports
+
+    here = os.getcwd()
+    os.chdir(ROOT)  # lint-imports reads pyproject.toml from the working directory
+    try:
+        assert lint_imports() == 0
+    finally:
+        os.chdir(here)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from streamer import checkpoints
 from streamer.errors import CheckpointError
 from streamer.models import ModelConfig, build_model
-from training import checkpoints
 
 FEATURES = ["a", "b", "c"]
 
@@ -52,7 +52,7 @@ def test_round_trip_bitwise_in_fresh_process(ckpt: Path, tmp_path: Path) -> None
         here = model(torch.from_numpy(x))[0]["forecast"].numpy()
     code = (
         "import sys, numpy as np, torch\n"
-        "from training import checkpoints\n"
+        "from streamer import checkpoints\n"
         "m, _ = checkpoints.load(sys.argv[1])\n"
         "x = torch.from_numpy(np.load(sys.argv[2]))\n"
         "with torch.no_grad():\n"

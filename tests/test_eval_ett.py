@@ -34,7 +34,7 @@ def test_derived_config_changes_only_path_and_horizon(tmp_path: Path) -> None:
 
 def test_eval_ett_with_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                     one_torch_thread: None) -> None:
-    from training import checkpoints
+    from streamer import checkpoints
     from training.data import FeatureSpec, Normalizer, load_csv, split_rows
 
     series = load_csv(ETTH1, FeatureSpec(ett.CHANNELS), "date")[0]

@@ -109,8 +109,8 @@ def test_eval_occupancy_json_files_and_plot(evaluated: dict, capsys: pytest.Capt
 
 def test_eval_occupancy_no_look_ahead(evaluated: dict) -> None:
     """Changing a future reading changes no earlier probability, detector state or event message."""
+    from streamer.checkpoints import read_meta
     from streamer.model_source import load_checkpoint
-    from training.checkpoints import read_meta
     from training.data import FeatureSpec, load_csv
 
     ckpt = evaluated["out"] / "train" / "checkpoint"

@@ -72,7 +72,7 @@ def test_event_report_and_checkpoint_carry_the_baseline(tmp_path: Path) -> None:
     """The pipeline fits the baseline on the rows the served model learned from (with a refit: train + validation)."""
     import torch
 
-    from training.checkpoints import read_meta
+    from streamer.checkpoints import read_meta
     from training.pipeline import run
 
     torch.set_num_threads(1)

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamer.checkpoints import save
 from streamer.config import load_settings
 from streamer.detection import PRODUCT_PIPELINE
 from streamer.detectors.pipeline import AnomalyPipeline
 from streamer.models import ModelConfig, build_model
 from streamer.service import Service
 from tests.helpers import as_records, serve_in_thread
-from training.checkpoints import save
 
 
 def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from kafka import KafkaConsumer, TopicPartition
 
+from streamer.checkpoints import save
 from streamer.config import load_settings
 from streamer.models import ModelConfig, build_model
 from streamer.schema import dead_letter_original
@@ -27,7 +28,6 @@ from tests.helpers import (
     serve_in_thread,
     serve_until,
 )
-from training.checkpoints import save
 
 T0 = 1_700_000_000_000
 BIG_TOPIC = {"max.message.bytes": str(8 << 20)}  # an input topic that admits records larger than the daemon takes

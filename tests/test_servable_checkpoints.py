@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from streamer.checkpoints import save
 from streamer.config import load_settings
 from streamer.errors import ConfigError
 from streamer.model_source import served_model
 from streamer.models import ModelConfig, build_model
-from training.checkpoints import save
 
 
 def _save(directory: Path, numeric: list[str], categorical: tuple = (), threshold: float | None = None) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from streamer import checkpoints
 from streamer.config import load_settings
 from streamer.detection import PRODUCT_PIPELINE, pipeline_config
 from streamer.errors import ConfigError
@@ -22,7 +23,6 @@ from streamer.evaluation import nab_scorer as ns
 from streamer.model_source import load_checkpoint, served_model
 from streamer.service import Service
 from tests.helpers import collect, collect_all, send_records
-from training import checkpoints
 from training.pipeline import run as train
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "nab"

@@ -109,7 +109,7 @@ def test_event_head_onsets_and_offsets_and_silence(kafka_bootstrap, new_topic):
 
 
 def _save(directory, hidden: int, seed: int, mean: float = 10.0, std: float = 2.0) -> None:
-    from training.checkpoints import save
+    from streamer.checkpoints import save
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig(family="gru", n_features=1, hidden=hidden, heads=("forecast",), horizon=2))

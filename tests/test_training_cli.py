@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamer import checkpoints
 from streamer.cli import main
-from training import checkpoints
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -77,7 +77,7 @@ def test_train_forecast_end_to_end_and_bitwise_reload(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", x)
     with torch.no_grad():
         here = model(torch.from_numpy(x))[0]["forecast"].numpy()
-    code = ("import sys, numpy as np, torch\nfrom training import checkpoints\nm, _ = checkpoints.load(sys.argv[1])\n"
+    code = ("import sys, numpy as np, torch\nfrom streamer import checkpoints\nm, _ = checkpoints.load(sys.argv[1])\n"
             "with torch.no_grad():\n"
             "    np.save(sys.argv[3], m(torch.from_numpy(np.load(sys.argv[2])))[0]['forecast'].numpy())\n")
     subprocess.run([sys.executable, "-c", code, str(ckpt), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],

@@ -103,8 +103,8 @@ def _small_config(tmp_path: Path, train: dict) -> dict:
 
 
 def test_pipeline_trains_an_ensemble_and_serves_it_as_one_model(tmp_path: Path) -> None:
+    from streamer.checkpoints import read_meta
     from streamer.model_source import load_checkpoint
-    from training.checkpoints import read_meta
     from training.pipeline import run
 
     cfg = _small_config(tmp_path, {"epochs": 1, "batch": 4, "tbptt": 16, "ensemble": 3, "seed": 7, "pos_weight": 1.0})
@@ -119,7 +119,7 @@ def test_pipeline_trains_an_ensemble_and_serves_it_as_one_model(tmp_path: Path) 
 
 
 def test_refit_replays_the_chosen_epochs_on_train_and_validation(tmp_path: Path) -> None:
-    from training.checkpoints import read_meta
+    from streamer.checkpoints import read_meta
     from training.fit import TrainConfig
     from training.pipeline import run
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from streamer import checkpoints
 from streamer.config import DetectorsSettings
 from streamer.detection import pipeline_config
 from streamer.models import ModelConfig, build_model
-from training import checkpoints
 from training.data import FeatureSpec, Normalizer, Series, Split, fingerprint, load_csv
 from training.fit import TrainConfig, fit
 from training.layout import Stream

@@ -21,7 +21,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print a checkpoint's metadata as JSON (weights are validated with --verify)."""
-    from training import checkpoints
+    from streamer import checkpoints
 
     if args.verify:
         _, meta = checkpoints.load(args.checkpoint)

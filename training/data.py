@@ -11,12 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from streamer.checkpoints import DERIVED, DERIVED_NUMERIC
 from streamer.errors import ConfigError, DataError
-
-DERIVED = {"@hour": 24, "@weekday": 7}  # categorical inputs computed from the timestamp
-# numeric inputs computed from the timestamp (local wall-clock time as written in the file): the minute of the
-# day and the day of the week on the unit circle; a reading's own timestamp only, so they never look ahead
-DERIVED_NUMERIC = ("@tod_sin", "@tod_cos", "@dow_sin", "@dow_cos", "@weekend")
 
 
 @dataclass(frozen=True)

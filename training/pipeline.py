@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamer import checkpoints
 from streamer.errors import ConfigError
 from streamer.models import ModelConfig, build_model, value_head
-from training import checkpoints
 from training.baselines import (
     LinearDiscriminant,
     beat_ratio,

@@ -14,9 +14,9 @@ Fit: Adam(W) on the masked MSE, gradient clipping by norm, early stopping on the
 epoch's weights restored, seeded (model init, shuffling). The returned `WindowFit` holds the model, the
 validation window errors (combined and per channel) and the threshold calibrated as their `quantile`.
 
-Checkpoints: written with training.checkpoints.save (safetensors + meta.json, atomic). meta["model"] is
+Checkpoints: written with streamer.checkpoints.save (safetensors + meta.json, atomic). meta["model"] is
 WindowAEConfig.to_dict(), which carries "kind": "window_autoencoder"; ModelConfig has no such key, so
-training.checkpoints.load (used by the daemon) refuses such a checkpoint with "bad model config: unknown model
+streamer.checkpoints.load (used by the daemon) refuses such a checkpoint with "bad model config: unknown model
 config keys ['decoder', 'kind', ...]" rather than building a wrong model, and every existing checkpoint keeps
 loading as before. `load` below is the autoencoder's loader: the same format checks, the same refusal of
 non-safetensors payloads, tensor names/shapes/dtypes and the weights' sha256 checked before anything is loaded.
@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamer import checkpoints
 from streamer.errors import CheckpointError, ConfigError
 from streamer.models.autoencoder import KIND, WindowAEConfig, WindowAutoencoder, masked_mse
-from training import checkpoints
 from training.fit import History
 
 TASK = "window_reconstruction"
@@ -273,7 +273,7 @@ def score_series(model: WindowAutoencoder, values: np.ndarray, mean: np.ndarray,
 
 def save(directory: str | Path, fit: WindowFit, features: Sequence[str] | None = None,
          name: str | None = None) -> Path:
-    """Checkpoint of a windowed fit (training.checkpoints format; meta["model"]["kind"] = "window_autoencoder")."""
+    """Checkpoint of a windowed fit (streamer.checkpoints format; meta["model"]["kind"] = "window_autoencoder")."""
     cfg = fit.model.config
     names = list(features) if features is not None else [f"c{i}" for i in range(cfg.n_features)]
     if len(names) != cfg.n_features:
@@ -312,7 +312,7 @@ def load(directory: str | Path, expect_features: Sequence[str] | None = None,
     if not isinstance(model_d, dict) or model_d.get("kind") != KIND:
         got = model_d.get("kind", "recurrent (no kind)") if isinstance(model_d, dict) else type(model_d).__name__
         raise CheckpointError(f"{directory}: model kind is {got!r}, expected {KIND!r} "
-                              "(load recurrent checkpoints with training.checkpoints.load)")
+                              "(load recurrent checkpoints with streamer.checkpoints.load)")
     try:
         cfg = WindowAEConfig.from_dict(model_d)
     except (ConfigError, TypeError) as exc:

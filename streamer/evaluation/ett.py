@@ -35,7 +35,7 @@ def derived_config(data: Path, horizon: int, base: Path = EXAMPLE) -> str:
 
 def evaluate_checkpoint(data: Path, checkpoint: Path, horizon: int, out_dir: Path | None = None) -> dict[str, Any]:
     """Test metrics of a saved forecaster on the protocol's test windows, and the repeat-last baseline."""
-    from training import checkpoints
+    from streamer import checkpoints
     from training.baselines import forecast_baselines
     from training.data import FeatureSpec, Normalizer, load_csv, split_rows
     from training.evaluate import forecast_metrics, forecast_origins, forecast_targets, predict_stream

@@ -331,7 +331,7 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
             train_info["ensemble"] = metrics["ensemble"]
     t_train = time.perf_counter() - started
     served = load_checkpoint(checkpoint)
-    from training.checkpoints import read_meta
+    from streamer.checkpoints import read_meta
 
     meta = read_meta(checkpoint)
     if "event" not in served.model.config.heads:

@@ -26,6 +26,11 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 MAX_META_BYTES = 16 << 20
 REQUIRED_META = ("format", "format_version", "model", "features", "normalization", "horizon")
+# Inputs a checkpoint's features may name that training computes rather than reads (serving refuses them):
+DERIVED = {"@hour": 24, "@weekday": 7}  # categorical inputs computed from the timestamp
+# numeric inputs computed from the timestamp (local wall-clock time as written in the file): the minute of the
+# day and the day of the week on the unit circle; a reading's own timestamp only, so they never look ahead
+DERIVED_NUMERIC = ("@tod_sin", "@tod_cos", "@dow_sin", "@dow_cos", "@weekend")
 
 
 def library_versions() -> dict[str, str]:
