@@ -16,14 +16,12 @@ import json
 import logging
 import re
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
@@ -60,15 +58,18 @@ from streamer.transport import (
     reachable,
     topic_configs,
 )
+from streamer.tuning import serving_process
 
 log = logging.getLogger(__name__)
-LAG_EVERY_S = 2.0
+LAG_EVERY_S = 2.0  # consumer lag is asked of the broker this often: a metadata round trip, not worth every batch
 TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker answers it at once when data waits)
 _G9 = "{:.9g}".format  # 9 significant digits; mapped, a third cheaper than an f-string in a comprehension
 _NO_EXTRA: dict = {}  # the extras of a stream without any (read only)
 MAX_DEAD_LETTER_KEY = 1024  # a longer input key is replaced by its sha256 in the dead letter, which must fit
-LATENCY_SAMPLES = 64  # record timestamps observed per commit (observing every record would cost ~10%)
+LATENCY_SAMPLES = 64  # record timestamps observed per commit: a sample, as observing every record is costly
 STARTUP_BACKOFF_S = (0.5, 5.0)  # first and longest wait between attempts to reach the cluster at start-up
+# first and longest wait before a new session after a Kafka failure: quick for a blip, gentle on a broker down
+SESSION_BACKOFF_S = (1.0, 30.0)
 
 
 @dataclass
@@ -308,18 +309,11 @@ class Service:
             self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set,
                                      self.not_ready_reason).start()
             log.info("http endpoints", extra={"host": m.host, "port": self.http.port})
-        # A transaction is some five broker round trips in a row, each handled by kafka-python's network thread
-        # and handed to the commit worker; while the loop processes a batch, every hand-over waits for the loop
-        # to yield the interpreter. At 1 ms instead of 5 a commit took 50-60 ms instead of 65-80 (p99 110, not
-        # 150-220) in the latency benchmark.
-        switch_interval = sys.getswitchinterval()
         try:
             if self._connect():
-                torch.set_num_threads(self.threads)  # the daemon's process: small model calls, Kafka threads beside
-                sys.setswitchinterval(self.settings.engine.switch_interval_ms / 1000)
-                self._sessions()
+                with serving_process(self.threads, self.settings.engine.switch_interval_ms):
+                    self._sessions()
         finally:
-            sys.setswitchinterval(switch_interval)
             self._reason = "stopped"
             self._set_ready(False)
             if self.http is not None:
@@ -405,7 +399,7 @@ class Service:
 
     def _sessions(self) -> None:
         """Sessions with the cluster until stopped: a Kafka failure rewinds to the last commit, backs off, retries."""
-        backoff = 1.0
+        backoff = SESSION_BACKOFF_S[0]
         while not self.stop_event.is_set():
             try:
                 self._serve()
@@ -417,7 +411,7 @@ class Service:
                     "error": repr(exc), "retry_in_s": backoff})
                 self._rewind()
                 self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, SESSION_BACKOFF_S[1])
 
     def _serve(self) -> None:
         """One session with the cluster: clients, subscription, the poll-process-commit loop."""
