@@ -202,7 +202,9 @@ def run_case(family, hidden, n_streams, device, reps, warm, naive_subset, strate
     ratio = med(e / c for e, c in zip(r["engine"], r["packed"], strict=True))
     ratio_seg = med(e / c for e, c in zip(r["engine"], r["segments"], strict=True))
     e = med(r["engine"])
+    state_bytes = sum(int(np.prod(shape)) * 4 for shape in model.state_shapes().values())
     return {
+        "state_bytes_per_stream": state_bytes,  # the stream's state tensors on the device (float32)
         "family": family,
         "hidden": hidden,
         "layers": 1,
@@ -232,23 +234,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="timed steps per case (median reported)")
     ap.add_argument("--warm", type=int, default=3, help="untimed warm-up steps per case")
     ap.add_argument("--strategy", default=None, choices=["segments", "packed"], help="engine strategy")
+    ap.add_argument("--streams", type=int, nargs="+", default=None, help="resident streams per case")
+    ap.add_argument("--families", nargs="+", default=["lstm", "gru"], choices=["rnn", "lstm", "gru"])
+    ap.add_argument("--hiddens", type=int, nargs="+", default=None, help="hidden sizes")
+    ap.add_argument("--no-river", action="store_true", help="skip River's HalfSpaceTrees")
+    ap.add_argument("--no-memory", action="store_true", help="skip the resident-bytes measurement (CPU RSS)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     reps = args.reps or (3 if args.quick else 5)
-    streams = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
-    hiddens = [64] if args.quick else [64, 128]
+    streams = args.streams or ([1_000, 10_000] if args.quick else [1_000, 10_000, 100_000])
+    hiddens = args.hiddens or ([64] if args.quick else [64, 128])
     cases = []
     started = time.perf_counter()
-    for family in ("lstm", "gru"):
+    for family in args.families:
         for hidden in hiddens:
             for n in streams:
-                subset = 100 if args.quick else 300
+                subset = min(n, 100 if args.quick else 300)
                 cases.append(run_case(family, hidden, n, device, reps, args.warm, subset, args.strategy))
                 print(f"# {family} h{hidden} {n} streams done ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
-    steps = make_steps(10_000, 2, seed=1)
-    river = bench_river(steps, 10_000 if args.quick else 20_000)
-    mem = bytes_per_stream_fresh(200_000 if args.quick else 1_000_000)
-    main_case = next(c for c in cases if c["family"] == "lstm" and c["hidden"] == 64 and c["streams"] == 10_000)
+    river = None if args.no_river else bench_river(make_steps(10_000, 2, seed=1), 10_000 if args.quick else 20_000)
+    mem_streams = 200_000 if args.quick else 1_000_000
+    mem = ({k: None for k in ("rss_bytes_per_stream_incl_ids", "tensor_bytes_per_stream", "id_string_bytes_per_stream")}
+           if args.no_memory else bytes_per_stream_fresh(mem_streams))
+    main_case = next((c for c in cases if c["family"] == "lstm" and c["hidden"] == 64 and c["streams"] == 10_000),
+                     cases[0])
     summary = {
         "engine_readings_per_s": main_case["engine_readings_per_s"],
         "ceiling_readings_per_s": main_case["ceiling_readings_per_s"],
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "naive_per_reading_readings_per_s": main_case["naive_per_reading_readings_per_s"],
         "river_hst_samples_per_s": river,
         "bytes_per_stream": mem["rss_bytes_per_stream_incl_ids"],
-        "bytes_per_stream_streams": 200_000 if args.quick else 1_000_000,
+        "bytes_per_stream_streams": mem_streams,
         "memory": mem,
         "engine_vs_ceiling": main_case["engine_vs_ceiling"],
         "engine_vs_naive": main_case["engine_vs_naive"],
@@ -292,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         "every result's arrays"
     )
     print(f"River HalfSpaceTrees score_one+learn_one: {river if river is None else round(river)} samples/s")
-    print(
-        f"resident bytes/stream at {summary['bytes_per_stream_streams']} streams (LSTM h64): "
-        f"{mem['rss_bytes_per_stream_incl_ids']:.0f} (tensors {mem['tensor_bytes_per_stream']:.0f}, "
-        f"id string {mem['id_string_bytes_per_stream']:.0f})"
-    )
+    if not args.no_memory:
+        print(
+            f"resident bytes/stream at {summary['bytes_per_stream_streams']} streams (LSTM h64): "
+            f"{mem['rss_bytes_per_stream_incl_ids']:.0f} (tensors {mem['tensor_bytes_per_stream']:.0f}, "
+            f"id string {mem['id_string_bytes_per_stream']:.0f})"
+        )
     print(
         f"medians of {reps} steps; device {device}; torch threads {torch.get_num_threads()}; layers=1; "
         f"{N_FEATURES} features; chunk lengths uniform 1..{MAX_CHUNK}"

@@ -45,12 +45,12 @@ class NoCommit:
         pass
 
 
-def service(anomalies: bool, hidden: int) -> Service:
-    """A CPU service with the benchmark's model (GRU, one channel) and a forecast for every reading."""
+def service(anomalies: bool, hidden: int, device: str = "cpu") -> Service:
+    """A service with the benchmark's model (GRU, one channel) and a forecast for every reading."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(family="gru", n_features=1, hidden=hidden, heads=("forecast",),
                                     horizon=1)).eval()
-    settings = load_settings(kafka={"forecast_topic": "forecasts"}, engine={"device": "cpu"},
+    settings = load_settings(kafka={"forecast_topic": "forecasts"}, engine={"device": device},
                              output={"forecast_every": 1, "anomalies": anomalies}, metrics={"enabled": False})
     svc = Service(settings, model=model)
     svc.use_committer(NoCommit())
@@ -75,9 +75,9 @@ def batches(streams: int, per_batch: int, n: int) -> list[list[SimpleNamespace]]
     return out
 
 
-def measure(streams: int, per_batch: int, n: int, hidden: int = 32) -> dict[str, float]:
+def measure(streams: int, per_batch: int, n: int, hidden: int = 32, device: str = "cpu") -> dict[str, float]:
     """Median ms per batch (process + commit snapshots + young collection) with anomaly scoring on and off."""
-    services = {"anomalies_on": service(True, hidden), "anomalies_off": service(False, hidden)}
+    services = {"anomalies_on": service(True, hidden, device), "anomalies_off": service(False, hidden, device)}
     polls = batches(streams, per_batch, n + 3)
     for svc in services.values():  # warm-up: every stream resident, lazily created objects created
         for recs in polls[:3]:
@@ -112,15 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=3300, help="readings per batch (3300: half of peak here)")
     ap.add_argument("--batches", type=int, default=40, help="timed batches per service")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ap.add_argument("--device", default="cpu", help="the engine's device (cpu, cuda)")
     args = ap.parse_args(argv)
-    rows = [measure(s, args.batch, args.batches) for s in args.streams]
+    rows = [measure(s, args.batch, args.batches, device=args.device) for s in args.streams]
     print(f"{'streams':>8} {'readings':>9} {'ms/batch':>9} {'us/reading':>11} {'no anomalies':>13} "
           f"{'anomaly share':>14}")
     for r in rows:
         print(f"{r['streams']:>8} {r['batch_readings']:>9} {r['ms_per_batch']:>9.1f} {r['us_per_reading']:>11.2f} "
               f"{r['ms_per_batch_no_anomalies']:>13.1f} {r['anomaly_share']:>14.2f}")
     if args.json:
-        print(json.dumps({"shapes": rows}))
+        print(json.dumps({"device": args.device, "shapes": rows}))
     return 0
 
 

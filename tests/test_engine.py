@@ -139,7 +139,11 @@ def test_stream_result_can_be_built_directly():
     assert r.stream == "s" and r.ts.tolist() == [0, 1] and "forecast" in r.outputs and r.inputs.shape == (2, 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(NO_CUDA, reason="no CUDA device")
 @pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
 def test_cuda_matches_cpu(family):
     """The engine runs unchanged on CUDA, with state resident there, and matches the CPU engine."""
@@ -152,6 +156,22 @@ def test_cuda_matches_cpu(family):
         for a, b in zip(cpu.step(chunks), gpu.step(chunks), strict=True):
             for h in a.outputs:
                 np.testing.assert_allclose(a.outputs[h], b.outputs[h], atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(NO_CUDA, reason="no CUDA device")
+def test_a_snapshot_taken_on_cuda_restores_on_the_cpu_and_goes_on_alike():
+    """State moves between devices through the changelog format: a CUDA instance's snapshot, restored by a CPU
+    instance, steps on as the CPU engine that saw the same readings."""
+    gpu, cpu, fresh = _engine("gru", device="cuda"), _engine("gru"), _engine("gru")
+    first = [_chunk("s", np.arange(10), 1)]
+    gpu.step(first)
+    cpu.step(first)
+    assert fresh.store.restore(gpu.store.snapshot_one("s")) == ["s"]
+    nxt = [_chunk("s", np.arange(10, 20), 2)]
+    want, got = cpu.step(nxt)[0], fresh.step(nxt)[0]
+    for h in want.outputs:
+        np.testing.assert_allclose(want.outputs[h], got.outputs[h], atol=1e-4)
 
 
 def test_step_grouped_equals_step_on_the_same_readings():
