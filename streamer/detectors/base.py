@@ -24,29 +24,6 @@ def ewma_alpha(halflife: float) -> float:
     return 1.0 - 0.5 ** (1.0 / max(halflife, 1e-9))
 
 
-def ewma_zscores(xs: list[float], mean: float, var: float, n: int, alpha: float, warmup: int, lo: float,
-                 hi: float, min_std: float, rel_std: float = 0.0) -> tuple[list[float], float, float, int]:
-    """z of each x against the EWMA moments of the values *before* it, clipped to [lo, hi]; updated moments.
-
-    The rate is max(alpha, 1/n): plain running moments during warm-up, then an EWMA. z is 0 while fewer than
-    `warmup` values were seen and for non-finite x (which are skipped). std = sqrt(var) + min_std + rel_std |mean|.
-    """
-    out = [0.0] * len(xs)
-    sqrt, isfinite = math.sqrt, math.isfinite
-    for t, x in enumerate(xs):
-        if not isfinite(x):
-            continue
-        if n >= warmup and n > 0:
-            z = (x - mean) / (sqrt(var if var > 0.0 else 0.0) + min_std + rel_std * abs(mean))
-            out[t] = lo if z < lo else hi if z > hi else z
-        n += 1
-        a = alpha if alpha > 1.0 / n else 1.0 / n
-        d = x - mean
-        mean += a * d
-        var = (1.0 - a) * (var + d * a * d)
-    return out, mean, var, n
-
-
 def floats(a: np.ndarray) -> list[float]:
     """A float array as a list of Python floats (JSON-able)."""
     return [float(v) for v in np.asarray(a, dtype=np.float64).ravel()]

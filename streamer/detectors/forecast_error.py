@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from streamer.detectors.base import Detector, as_2d, ewma_alpha, ewma_zscores
+from streamer.detectors.base import Detector, as_2d, ewma_alpha
+from streamer.detectors.columns import EwmaColumns
 
 
 class ForecastErrorScorer(Detector):
@@ -31,6 +32,13 @@ class ForecastErrorScorer(Detector):
         c = n_channels or self.n_channels
         return {"pred": None, "mean": [0.0] * c, "var": [0.0] * c, "n": [0] * c}
 
+    def columns(self, state: dict[str, Any] | None = None, mean: np.ndarray | None = None,
+                var: np.ndarray | None = None, n: np.ndarray | None = None) -> EwmaColumns:
+        """The error moments as columns: of one stream's state, or of many streams' arrays [S, C]."""
+        if state is not None:
+            mean, var, n = [state["mean"]], [state["var"]], [state["n"]]
+        return EwmaColumns(self.alpha, self.warmup, 0.0, self.zmax, self.min_std, 0.0, mean, var, n)
+
     def step(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray,
              forecast: np.ndarray, alternative: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """{'score' [T], 'channels' [T, C] (positive z), 'error' [T, C] (absolute error, NaN when none)}."""
@@ -48,11 +56,9 @@ class ForecastErrorScorer(Detector):
             err = np.abs(x - pred)
             if alternative is not None:
                 err = np.fmin(err, np.abs(x - as_2d(alternative, c)))  # NaN alternative: the forecast's error
-        for k in range(c):
-            zk, state["mean"][k], state["var"][k], state["n"][k] = ewma_zscores(
-                err[:, k].tolist(), float(state["mean"][k]), float(state["var"][k]), int(state["n"][k]),
-                self.alpha, self.warmup, 0.0, self.zmax, self.min_std)
-            z[:, k] = zk
+        cols = self.columns(state)
+        z = cols.run(np.array([0, T]), err)
+        state["mean"], state["var"], state["n"] = cols.mean[0].tolist(), cols.var[0].tolist(), cols.n[0].tolist()
         state["pred"] = [float(v) if np.isfinite(v) else None for v in f[-1]]
         score = np.sqrt(np.mean(z**2, axis=1))
         return {"score": score, "channels": z, "error": err}

@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from streamer.detectors.base import Detector, ewma_alpha
-
-_LOG_EPS = math.log(1e-10)
-
-
-def gaussian_tail(z: float) -> float:
-    """Upper tail probability Q(z) of the standard normal."""
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
-
-
-def log_tail_score(q: float) -> float:
-    """NAB's log-scaled likelihood of an upper-tail probability q: 0 at q = 1, 0.5 at 1e-5, 1 at 1e-10."""
-    return min(1.0, max(0.0, math.log(q + 1e-10) / _LOG_EPS)) if q < 1.0 else 0.0
-
-
-# libm's erfc and log applied elementwise (numpy has no erfc, and its SIMD log may differ in the last bit)
-_ERFC = np.frompyfunc(math.erfc, 1, 1)
-_LOG = np.frompyfunc(math.log, 1, 1)
-
-
-def log_tail_scores(z: np.ndarray) -> np.ndarray:
-    """`log_tail_score(gaussian_tail(v))` of every v in `z`, bitwise: the same libm calls and IEEE arithmetic,
-    without two Python function calls per value (the daemon scores every reading of every stream)."""
-    z = np.asarray(z, dtype=np.float64)
-    q = 0.5 * _ERFC(z / math.sqrt(2.0)).astype(np.float64)
-    s = _LOG(q + 1e-10).astype(np.float64) / _LOG_EPS
-    s = np.where(s > 0.0, s, 0.0)  # max(0.0, s) and min(1.0, s) as Python evaluates them, NaN included
-    return np.where(q < 1.0, np.where(s < 1.0, s, 1.0), 0.0)
+from streamer.detectors.columns import LikelihoodColumns
 
 
 class AnomalyLikelihood(Detector):
@@ -57,29 +30,19 @@ class AnomalyLikelihood(Detector):
         """Empty short window, zero long-run moments."""
         return {"recent": [], "mean": 0.0, "var": 0.0, "n": 0}
 
+    def columns(self, block: np.ndarray) -> LikelihoodColumns:
+        """The likelihood's state as columns (LikelihoodColumns' layout), one row per stream."""
+        return LikelihoodColumns(self.short, self.alpha, self.warmup, self.min_std, self.rel_std, block)
+
     def step(self, state: dict[str, Any], ts: np.ndarray, raw: np.ndarray) -> dict[str, np.ndarray]:
         """{'score' [T] log-likelihood in [0, 1], 'likelihood' [T] in [0, 1]} for raw scores [T]."""
         r = np.asarray(raw, dtype=np.float64).reshape(-1)
-        recent: list[float] = list(state["recent"])
-        mean, var, n = float(state["mean"]), float(state["var"]), int(state["n"])
-        score = np.zeros(r.shape[0])
-        lik = np.zeros(r.shape[0])
-        for t, s in enumerate(r.tolist()):
-            if not math.isfinite(s):
-                continue
-            recent.append(s)
-            if len(recent) > self.short:
-                del recent[0]
-            m = sum(recent) / len(recent)
-            if n >= self.warmup:
-                sd = math.sqrt(max(var, 0.0)) + self.min_std + self.rel_std * abs(mean)
-                q = gaussian_tail((m - mean) / sd)
-                lik[t] = 1.0 - q
-                score[t] = log_tail_score(q)
-            n += 1
-            a = max(self.alpha, 1.0 / n)
-            d = m - mean
-            mean += a * d
-            var = (1.0 - a) * (var + d * a * d)
-        state["recent"], state["mean"], state["var"], state["n"] = [float(v) for v in recent], mean, var, n
+        recent = [float(v) for v in state["recent"]][-self.short:]
+        cols = self.columns(np.array([[float(state["mean"]), float(state["var"]), float(state["n"]), len(recent),
+                                       *recent, *[0.0] * (self.short - len(recent))]]))
+        cols.run(r)
+        score, lik = cols.scores(r.shape[0])
+        k = int(cols.k[0])
+        state["recent"], state["mean"] = cols.recent[0, :k].tolist(), float(cols.mean[0])
+        state["var"], state["n"] = float(cols.var[0]), int(cols.n[0])
         return {"score": score, "likelihood": lik}

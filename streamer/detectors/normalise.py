@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from streamer.detectors.base import Detector, as_2d, ewma_alpha, ewma_zscores
+from streamer.detectors.base import Detector, as_2d, ewma_alpha
+from streamer.detectors.columns import EwmaColumns
 
 
 class OnlineNormaliser(Detector):
@@ -34,12 +35,16 @@ class OnlineNormaliser(Detector):
     def step(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Normalised readings float32 [T, C]; the stats then include these readings."""
         x = as_2d(values, len(state["mean"]))
-        out = np.zeros(x.shape, dtype=np.float32)
-        for c in range(x.shape[1]):
-            z, state["mean"][c], state["var"][c], state["n"][c] = ewma_zscores(
-                x[:, c].tolist(), float(state["mean"][c]), float(state["var"][c]), int(state["n"][c]), self.alpha,
-                1, -self.clip, self.clip, self.min_std, self.rel_std)
-            out[:, c] = z
+        return self.step_streams([state], np.array([0, x.shape[0]]), x)
+
+    def step_streams(self, states: list[dict[str, Any]], offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """`step` for many streams at once: readings [N, C] laid out by `offsets`, stream i's state states[i]."""
+        x = as_2d(values, len(states[0]["mean"])) if states else np.zeros((0, self.n_channels))
+        cols = EwmaColumns(self.alpha, 1, -self.clip, self.clip, self.min_std, self.rel_std,
+                           [st["mean"] for st in states], [st["var"] for st in states], [st["n"] for st in states])
+        out = cols.run(offsets, x).astype(np.float32)
+        for i, st in enumerate(states):
+            st["mean"], st["var"], st["n"] = cols.mean[i].tolist(), cols.var[i].tolist(), cols.n[i].tolist()
         return out
 
     def denormalise(self, state: dict[str, Any], z: np.ndarray) -> np.ndarray:

@@ -144,38 +144,24 @@ class AnomalyPipeline(Detector):
         """Model input: readings normalised with the stream's stats so far, float32 [T, C]."""
         return self.norm.step(state.setdefault("norm", self.norm.init_state(self.n_channels)), ts, values)
 
+    def prepare_streams(self, states: list[dict[str, Any]], offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """`prepare` for many streams at once: readings [N, C] laid out by `offsets`, stream i's state states[i]."""
+        norms = [st.setdefault("norm", self.norm.init_state(self.n_channels)) for st in states]
+        return self.norm.step_streams(norms, offsets, values)
+
     def score(self, state: dict[str, Any], ts: np.ndarray, x_norm: np.ndarray, forecast: np.ndarray,
               stream: str = "") -> dict[str, Any]:
-        """Scores for normalised readings [T, C] and the model's next-step forecasts [T, C] of the same rows."""
+        """Scores for normalised readings [T, C] and the model's next-step forecasts [T, C] of the same rows: the
+        batched pipeline (detectors/batched.py) over a batch of this one stream."""
+        from streamer.detectors.batched import score_batch  # it builds on this module
+
         self.expand(state)
-        alt = None
-        if self.season is not None:
-            alt = self.season.step(state.setdefault("season", self.season.init_state()), ts, x_norm)
-        fe = self.error.step(state["error"], ts, x_norm, forecast, alternative=alt)
-        raw = fe["score"]
-        cfg = self.config
-        dev = None
-        if cfg.value_weight > 0 or self.vlik is not None:
-            dev = np.sqrt(np.mean(np.square(np.asarray(x_norm, dtype=np.float64)), axis=1))
-        if cfg.value_weight > 0:
-            raw = np.maximum(raw, cfg.value_weight * dev)
-        lk = self.lik.step(state["lik"], ts, raw)
-        if self.dt is None:
-            off = np.full(len(raw), np.nan)
-            dt = {"ratio": off, "flag": off, "threshold": off}
-        else:
-            if state.get("dt") is None:
-                state["dt"] = self.dt.init_state()
-            dt = self.dt.step(state["dt"], ts, np.sqrt(np.mean(fe["error"] ** 2, axis=1)))
-        final = lk["score"].copy()
-        if self.vlik is not None:
-            final = np.maximum(final, self.vlik.step(state.setdefault("vlik", self.vlik.init_state()), ts,
-                                                     dev)["score"])
-        alerts = self.alert_rows(state, np.asarray(ts, dtype=np.int64), final, fe["channels"], stream=stream)
-        return {"score": final, "likelihood": lk["likelihood"], "raw": raw, "channels": fe["channels"],
-                "error": fe["error"],
-                "ratio": dt["ratio"], "flag": dt["flag"], "threshold": dt["threshold"], "alerts": alerts,
-                "fired": _fired_rows(np.asarray(ts, dtype=np.int64), alerts)}
+        ts = np.asarray(ts, dtype=np.int64).reshape(-1)
+        out = score_batch(self, [state], [stream], np.array([0, ts.shape[0]]), ts, x_norm, forecast)
+        self.expand(state)  # the nested form, as a single stream's callers read it
+        return {"score": out.score, "likelihood": out.likelihood, "raw": out.raw, "channels": out.channels,
+                "error": out.error, "ratio": out.ratio, "flag": out.flag, "threshold": out.threshold,
+                "alerts": out.alerts[0], "fired": out.fired}
 
     def alert_rows(self, state: dict[str, Any], ts: np.ndarray, final: np.ndarray, channels: np.ndarray,
                    stream: str = "") -> list[dict[str, Any]]:
@@ -213,11 +199,3 @@ def _likelihood_state(row: list[float]) -> dict[str, Any]:
     """The nested likelihood state of a `_likelihood_row`."""
     k = int(row[3])
     return {"recent": row[4:4 + k], "mean": row[0], "var": row[1], "n": int(row[2])}
-
-
-def _fired_rows(ts: np.ndarray, alerts: list[dict[str, Any]]) -> np.ndarray:
-    """1.0 at the readings where an alert fired, else 0.0 (binary detections at the pipeline's own threshold)."""
-    if not alerts:
-        return np.zeros(len(ts))
-    fired = {m["start_ts"] for m in alerts if m["state"] == "firing"}
-    return np.array([1.0 if int(t) in fired else 0.0 for t in ts.tolist()])

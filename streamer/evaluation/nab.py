@@ -27,6 +27,7 @@ import torch
 
 from streamer.detection import PRODUCT_PIPELINE, StreamDetectors
 from streamer.detectors import AnomalyPipeline, OnlineNormaliser, PipelineConfig
+from streamer.detectors.batched import score_batch
 from streamer.engine import Chunk, Engine
 from streamer.errors import ConfigError
 from streamer.evaluation import nab_scorer as ns
@@ -125,26 +126,30 @@ def stream_corpus(series: list[Series], model: RecurrentModel, pipeline: Anomaly
     total = sum(len(s.values) for s in series)
     with tqdm(total=total, unit="reading", desc="nab", disable=not progress) as bar:
         for a in range(0, max(len(s.values) for s in series), chunk):
-            chunks, states = [], {}
-            for s in series:
-                if a >= len(s.values):
-                    continue
-                sl = slice(a, a + chunk)
-                st = (store.get_extra(s.name) if s.name in store else None) or pipeline.init_state()
-                xn = pipeline.prepare(st, s.ts[sl], s.values[sl, None])
-                states[s.name] = (st, xn, s.ts[sl])
-                chunks.append(Chunk(s.name, s.ts[sl], xn))
-            for res in engine.step(chunks):
-                st, xn, ts = states[res.stream]
-                fc = res.outputs["forecast"][:, 0, :]
-                out = pipeline.score(st, ts, xn, fc, stream=res.stream)
-                store.set_extra(res.stream, st)
-                p = parts[res.stream]
+            active = [s for s in series if a < len(s.values)]
+            sts = [(store.get_extra(s.name) if s.name in store else None) or pipeline.init_state() for s in active]
+            sizes = [len(s.values[a:a + chunk]) for s in active]
+            xns = np.split(pipeline.prepare_streams(sts, np.cumsum([0, *sizes]), np.concatenate(
+                [s.values[a:a + chunk, None] for s in active])), np.cumsum(sizes)[:-1])
+            states = {s.name: (st, xn, s.ts[a:a + chunk]) for s, st, xn in zip(active, sts, xns, strict=True)}
+            results = engine.step([Chunk(s.name, s.ts[a:a + chunk], xn) for s, xn in zip(active, xns, strict=True)])
+            names = [res.stream for res in results]
+            forecasts = [res.outputs["forecast"][:, 0, :] for res in results]
+            lengths = [len(states[n][2]) for n in names]
+            out = score_batch(pipeline, [states[n][0] for n in names], names, np.cumsum([0, *lengths]),
+                              np.concatenate([states[n][2] for n in names]),
+                              np.concatenate([states[n][1] for n in names]), np.concatenate(forecasts))
+            row = 0
+            for name, fc, n in zip(names, forecasts, lengths, strict=True):
+                st, xn, _ = states[name]
+                store.set_extra(name, st)
+                p = parts[name]
                 for k in ("score", "fired", "likelihood", "raw", "ratio"):
-                    p[k].append(out[k])
+                    p[k].append(getattr(out, k)[row:row + n])
                 p["forecast"].append(fc[:, 0])
                 p["x_norm"].append(xn[:, 0])
-                bar.update(len(ts))
+                row += n
+            bar.update(sum(lengths))
     return {n: {k: np.concatenate(v) for k, v in p.items()} for n, p in parts.items()}
 
 

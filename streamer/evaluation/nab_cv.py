@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from streamer.detectors import AnomalyPipeline, PipelineConfig
+from streamer.detectors.batched import score_batch
 from streamer.errors import ConfigError
 from streamer.evaluation import nab, selection
 from streamer.evaluation import nab_scorer as ns
@@ -53,11 +54,13 @@ def rescore(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]]
     """Final scores of every series under `config`, from the normalised readings and forecasts of one stream
     (key "fired": 1.0 where an alert fired at the pipeline's own threshold, else 0.0)."""
     pipe = AnomalyPipeline(1, config)
-    out = []
-    for s in series:
-        r = streamed[s.name]
-        out.append(pipe.score(pipe.init_state(), s.ts, r["x_norm"][:, None], r["forecast"][:, None])[key])
-    return out
+    lengths = [len(s.ts) for s in series]
+    out = score_batch(pipe, [pipe.init_state() for _ in series], [s.name for s in series], np.cumsum([0, *lengths]),
+                      np.concatenate([s.ts for s in series]),
+                      np.concatenate([streamed[s.name]["x_norm"] for s in series])[:, None],
+                      np.concatenate([streamed[s.name]["forecast"] for s in series])[:, None])
+    rows = getattr(out, key)
+    return np.split(rows, np.cumsum(lengths)[:-1]) if series else []
 
 
 def own_threshold(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]], corpus: list[ns.FileTruth],
