@@ -38,6 +38,7 @@ _READINGS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 # |reading - forecast| in the model's normalised units (training standard deviations of the channel)
 _ABS_ERROR = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 _SCORE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+FAST_PATHS = ("decode", "append", "offsets")  # record_reader, RecordAppender, Committer.send_offsets
 SEVERITIES = ("warning", "critical")  # what streamer.detectors.alerts.AlertLifecycle puts in an alert
 
 
@@ -134,6 +135,12 @@ class Metrics:
         self.ready = Gauge("streamer_ready", "1 when partitions are assigned, state restored and a model loaded",
                            registry=r)
         self.alerts_firing = Gauge("streamer_alerts_firing", "Anomaly alerts currently firing", registry=r)
+        self.kafka_fast_path = Gauge(
+            "streamer_kafka_fast_path", "1 while a fast path over kafka-python's internals is in use, 0 while its "
+            "stock path is (the installed kafka-python differs from the one the fast path was written for)", ["path"],
+            registry=r)
+        for path in FAST_PATHS:
+            self.kafka_fast_path.labels(path=path)
         # Model health: how far each reading was from the forecast made for it, how surprising it was, what fired.
         self.forecast_error = ArrayHistogram(
             "streamer_forecast_absolute_error", "|reading - its one-step forecast| per channel, in training "

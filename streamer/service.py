@@ -25,6 +25,7 @@ import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
+from streamer import record_reader
 from streamer.changelog import ChangelogRestorer, ColdStore
 from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors, pipeline_config
@@ -423,6 +424,7 @@ class Service:
         self._restorer = ChangelogRestorer(k, k.changelog, self.cold, consumer)
         try:
             self._committer = Committer(consumer, producer, k.exactly_once)
+            self._report_fast_paths({"decode": record_reader.installed(consumer), **self._committer.fast_paths()})
             if k.input_pattern:
                 consumer.subscribe(pattern=k.input_pattern, listener=_Rebalance(self))
             else:
@@ -896,6 +898,14 @@ class Service:
     def pending_records(self) -> list[OutRecord]:
         """The outputs queued since the last commit (forecasts, alerts, events, dead letters), in order."""
         return list(self._pending.records)
+
+    def _report_fast_paths(self, in_use: dict[str, bool]) -> None:
+        """The streamer_kafka_fast_path gauge, and a warning per fast path the installed kafka-python rules out."""
+        for path, on in in_use.items():
+            self.metrics.kafka_fast_path.labels(path=path).set(1 if on else 0)
+            if not on:
+                log.warning("kafka-python's stock path in use: its internals differ from those the fast path was "
+                            "written for (slower, same results)", extra={"path": path})
 
     def use_committer(self, committer: CommitSink) -> None:
         """Commit through `committer` instead of a Kafka transaction (benchmarks and tests without a broker); a

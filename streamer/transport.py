@@ -505,6 +505,13 @@ class Committer:
                 self._abort_quietly()
             self._error = exc
 
+    def fast_paths(self) -> dict[str, bool]:
+        """Which of the producer's fast paths over kafka-python's internals this committer uses."""
+        manager = getattr(self.producer, "_transaction_manager", None)
+        offsets = (manager is not None and getattr(self.producer, "_sender", None) is not None
+                   and hasattr(manager, "send_offsets_to_transaction"))
+        return {"append": bool(self.appender.direct), "offsets": offsets}
+
     def send_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata],
                      metadata: ConsumerGroupMetadata | str) -> TransactionalRequestResult | None:
         """Add `offsets` to the open transaction without waiting; the result to wait on (None: already done).
@@ -514,13 +521,11 @@ class Committer:
         with the appending (10-20 ms of CPU) instead of following it. Where kafka-python's producer lacks the
         parts this needs, its blocking call is used.
         """
-        manager = getattr(self.producer, "_transaction_manager", None)
-        sender = getattr(self.producer, "_sender", None)
-        if manager is None or sender is None or not hasattr(manager, "send_offsets_to_transaction"):
+        if not self.fast_paths()["offsets"]:
             self.producer.send_offsets_to_transaction(offsets, metadata)
             return None
-        result = manager.send_offsets_to_transaction(offsets, metadata)
-        sender.wakeup()
+        result = self.producer._transaction_manager.send_offsets_to_transaction(offsets, metadata)
+        self.producer._sender.wakeup()
         return result
 
     def _abort_quietly(self) -> None:

@@ -92,6 +92,8 @@ def test_metrics_health_and_readiness_during_restore(kafka_bootstrap, new_topic,
         assert v['streamer_out_of_order_readings_total{kind="duplicate"}'] == 1
         assert v["streamer_evictions_total"] > 0 and v["streamer_active_streams"] <= 4
         assert v["streamer_ready"] == 1
+        # the installed kafka-python is the one the fast paths were written for: all three in use
+        assert [v[f'streamer_kafka_fast_path{{path="{p}"}}'] for p in ("decode", "append", "offsets")] == [1, 1, 1]
         assert v['streamer_rebalances_total{event="assigned"}'] >= 1
         assert v["streamer_batch_readings_count"] >= 1 and v["streamer_step_duration_seconds_count"] >= 1
         assert v["streamer_transaction_commit_duration_seconds_count"] >= 1

@@ -92,6 +92,7 @@ def test_offsets_fall_back_to_the_blocking_call_without_kafka_pythons_internals(
 
     producer = Blocking()
     committer = Committer(None, producer, exactly_once=False)
+    assert committer.fast_paths() == {"append": False, "offsets": False}  # reported: streamer_kafka_fast_path 0
     assert committer.send_offsets(_offset("src", 3), "group") is None
     assert producer.sent == [(_offset("src", 3), "group")]
 
