@@ -110,9 +110,9 @@ class LikelihoodColumns:
         k = np.minimum(self.k[idx] + 1, short)
         self.k[idx] = k
         self.recent[idx, k - 1] = raw
-        window = self.recent[idx]
-        window[self.columns >= k[:, None]] = 0.0  # adds +0.0: the sum over the shorter window
-        mr = np.add.accumulate(window, axis=1)[:, -1] / k  # left to right
+        # past each window the columns hold zeros (set in __init__, kept by the shift and the write above), which
+        # add +0.0: the sum, left to right, over the window alone
+        mr = np.add.accumulate(self.recent[idx], axis=1)[:, -1] / k
         mu, var, nn = self.mean[idx], self.var[idx], self.n[idx]
         warm = nn >= self.warmup
         if warm.any():  # scored all at once in `scores`

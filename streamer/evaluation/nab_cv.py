@@ -63,6 +63,37 @@ def rescore(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]]
     return np.split(rows, np.cumsum(lengths)[:-1]) if series else []
 
 
+def rescore_all(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]],
+                configs: list[PipelineConfig]) -> list[list[np.ndarray]]:
+    """`rescore` under every configuration, the configurations spread over the CPUs this process may use (each is
+    a pure function of the streamed readings: the results are those of one process)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from streamer.cpu_quota import cpu_quota
+
+    global _FORKED
+    workers = min(len(configs), cpu_quota() or os.cpu_count() or 1)
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [rescore(series, streamed, c) for c in configs]
+    _FORKED = (series, streamed)  # the workers inherit the readings through fork instead of a copy per task
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_rescore_forked, configs))
+    finally:
+        _FORKED = None
+
+
+_FORKED: tuple[list[nab.Series], dict[str, dict[str, np.ndarray]]] | None = None
+
+
+def _rescore_forked(config: PipelineConfig) -> list[np.ndarray]:
+    """`rescore` in a forked worker, of the readings its parent set before forking."""
+    assert _FORKED is not None
+    return rescore(*_FORKED, config)
+
+
 def own_threshold(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]], corpus: list[ns.FileTruth],
                   base: PipelineConfig, picks: list[tuple[list[int], dict[str, Any]]]) -> float:
     """NAB score of the alerts the daemon fires at its own threshold (alert_on), each group of files under its
@@ -132,7 +163,7 @@ def run(data_dir: Path, out_dir: Path | None, cfg: nab.NabConfig, k: int = 5, se
     model = nab.pretrain(series, cfg, progress=progress)
     t_train = time.perf_counter() - started
     streamed = nab.stream_corpus(series, model, AnomalyPipeline(1, cfg.pipeline), cfg.chunk, progress=progress)
-    scores = [rescore(series, streamed, replace(cfg.pipeline, **c)) for c in configs]
+    scores = rescore_all(series, streamed, [replace(cfg.pipeline, **c) for c in configs])
     cv = cross_validate(scores, corpus, folds)
     best = choose(scores, corpus, list(range(len(corpus))))
     base = ns.sweep([streamed[s.name]["score"] for s in series], corpus, PROFILE)
