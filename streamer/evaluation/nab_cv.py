@@ -65,33 +65,14 @@ def rescore(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]]
 
 def rescore_all(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]],
                 configs: list[PipelineConfig]) -> list[list[np.ndarray]]:
-    """`rescore` under every configuration, the configurations spread over the CPUs this process may use (each is
-    a pure function of the streamed readings: the results are those of one process)."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    from streamer.cpu_quota import cpu_quota
-
-    global _FORKED
-    workers = min(len(configs), cpu_quota() or os.cpu_count() or 1)
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [rescore(series, streamed, c) for c in configs]
-    _FORKED = (series, streamed)  # the workers inherit the readings through fork instead of a copy per task
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_rescore_forked, configs))
-    finally:
-        _FORKED = None
+    """`rescore` under every configuration, the configurations spread over the CPUs this process may use."""
+    return selection.parallel_map(_rescore_shared, configs, (series, streamed))
 
 
-_FORKED: tuple[list[nab.Series], dict[str, dict[str, np.ndarray]]] | None = None
-
-
-def _rescore_forked(config: PipelineConfig) -> list[np.ndarray]:
-    """`rescore` in a forked worker, of the readings its parent set before forking."""
-    assert _FORKED is not None
-    return rescore(*_FORKED, config)
+def _rescore_shared(shared: tuple[list[nab.Series], dict[str, dict[str, np.ndarray]]],
+                    config: PipelineConfig) -> list[np.ndarray]:
+    """`rescore` of the shared readings under one configuration."""
+    return rescore(*shared, config)
 
 
 def own_threshold(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]], corpus: list[ns.FileTruth],

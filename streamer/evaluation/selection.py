@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,35 @@ def write_summary(out_dir: Path | None, name: str, summary: dict[str, Any]) -> N
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / name).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+_SHARED: tuple[Callable[[Any, Any], Any], Any] | None = None
+
+
+def _call_shared(item: Any) -> Any:
+    """One task in a forked worker: the function and the data its parent set before forking."""
+    assert _SHARED is not None
+    fn, shared = _SHARED
+    return fn(shared, item)
+
+
+def parallel_map(fn: Callable[[Any, Any], Any], items: list[Any], shared: Any) -> list[Any]:
+    """[fn(shared, item) for item in items], spread over the CPUs this process may use; `shared` (the streamed
+    readings every configuration is scored on) reaches the forked workers without a copy per task. `fn` must be
+    a pure function of its arguments, so the results are those of one process."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from streamer.cpu_quota import cpu_quota
+
+    global _SHARED
+    workers = min(len(items), cpu_quota() or os.cpu_count() or 1)
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(shared, item) for item in items]
+    _SHARED = (fn, shared)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_call_shared, items))
+    finally:
+        _SHARED = None

@@ -100,13 +100,17 @@ def _streamed(chans: list[smap.Channel], cfg: smap.SmapConfig, progress: bool) -
             for ch in tqdm(chans, desc="smap fit+stream", unit="channel", disable=not progress)}
 
 
+def _counts(shared: tuple[list[smap.Channel], dict[str, np.ndarray]], cfg: smap.SmapConfig) -> list[Counts]:
+    """Event-level counts of every channel's stored errors thresholded under one configuration."""
+    chans, errors = shared
+    return [smap.score_channel(smap.detect(ch, errors[ch.name], cfg)["sequences"], ch.labels) for ch in chans]
+
+
 def run(data: Path, out_dir: Path | None, cfg: smap.SmapConfig, k: int = 5, seed: int = 0,
         space: selection.Space = SEARCH_SPACE, only: list[str] | None = None, max_rows: int | None = None,
         progress: bool = False) -> dict[str, Any]:
     """Fit and stream once, threshold under every configuration, cross-validate; the summary (OUT/smap_cv.json)."""
     import tempfile
-
-    from tqdm import tqdm
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="smap-") as tmp:
@@ -117,9 +121,8 @@ def run(data: Path, out_dir: Path | None, cfg: smap.SmapConfig, k: int = 5, seed
     folds = selection.split_folds([_stratum(n) for n in names], k, seed)
     errors = _streamed(chans, cfg, progress)
     t_fit = time.perf_counter() - started
-    counts = [[smap.score_channel(smap.detect(ch, errors[ch.name], replace(cfg, **c))["sequences"], ch.labels)
-               for ch in chans] for c in tqdm(configs, desc="smap configurations", disable=not progress)]
-    base = [smap.score_channel(smap.detect(ch, errors[ch.name], cfg)["sequences"], ch.labels) for ch in chans]
+    counts = selection.parallel_map(_counts, [replace(cfg, **c) for c in configs], (chans, errors))
+    base = _counts((chans, errors), cfg)
     cv = cross_validate(counts, names, folds)
     best = choose(counts, list(range(len(chans))))
     for f in cv["folds"]:
