@@ -435,6 +435,9 @@ class Committer:
         self._error: BaseException | None = None
         self._offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         self.appender = RecordAppender(producer)
+        manager = getattr(producer, "_transaction_manager", None)  # what send_offsets' fast path needs
+        self.offsets_direct = (manager is not None and getattr(producer, "_sender", None) is not None
+                               and hasattr(manager, "send_offsets_to_transaction"))
         if exactly_once:
             producer.init_transactions()
 
@@ -507,10 +510,7 @@ class Committer:
 
     def fast_paths(self) -> dict[str, bool]:
         """Which of the producer's fast paths over kafka-python's internals this committer uses."""
-        manager = getattr(self.producer, "_transaction_manager", None)
-        offsets = (manager is not None and getattr(self.producer, "_sender", None) is not None
-                   and hasattr(manager, "send_offsets_to_transaction"))
-        return {"append": bool(self.appender.direct), "offsets": offsets}
+        return {"append": bool(self.appender.direct), "offsets": self.offsets_direct}
 
     def send_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata],
                      metadata: ConsumerGroupMetadata | str) -> TransactionalRequestResult | None:
@@ -521,7 +521,7 @@ class Committer:
         with the appending (10-20 ms of CPU) instead of following it. Where kafka-python's producer lacks the
         parts this needs, its blocking call is used.
         """
-        if not self.fast_paths()["offsets"]:
+        if not self.offsets_direct:
             self.producer.send_offsets_to_transaction(offsets, metadata)
             return None
         result = self.producer._transaction_manager.send_offsets_to_transaction(offsets, metadata)
