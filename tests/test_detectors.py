@@ -149,3 +149,26 @@ def test_seasonal_memory_returns_the_reading_one_period_earlier() -> None:
     out = gappy.step(gappy.init_state(), np.array([0, 1000, 2000, 12_500, 13_000]), np.arange(5.0))[:, 0]
     assert out[3] == 2.0  # after a 10.5 s gap: 2_500 is within 5_250 ms of the reading at 2_000
     assert np.isnan(out[4])  # 3_000 is not within 250 ms of any reading
+
+
+def test_seasonal_lookup_of_streams_with_far_apart_clocks_equals_each_alone() -> None:
+    """Streams whose times lie too far apart for one combined search key are looked up stream by stream, with
+    what each gets alone."""
+    from streamer.detectors.seasonal import seasonal_lookup
+
+    rng = np.random.default_rng(4)
+    starts = [0, 2**61 + 12_345]  # a clock at the epoch beside one in the far future
+    ts = [s + np.cumsum(rng.integers(900, 1100, 80)) for s in starts]
+    x = [rng.normal(size=(80, 1)) for _ in starts]
+    together = [{"ts": b"", "x": b""} for _ in starts]
+    alone = [{"ts": b"", "x": b""} for _ in starts]
+    want, got = [], []
+    for a, b in ((0, 30), (30, 31), (31, 80)):  # in chunks, so the memories are read back too
+        got.append(seasonal_lookup(together, np.array([0, b - a, 2 * (b - a)]),
+                                   np.concatenate([t[a:b] for t in ts]), np.concatenate([v[a:b] for v in x]),
+                                   10_000, 50))
+        want.append(np.concatenate([seasonal_lookup([alone[i]], np.array([0, b - a]), ts[i][a:b], x[i][a:b],
+                                                    10_000, 50) for i in range(2)]))
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+    assert np.isfinite(np.concatenate(got)).sum() > 50  # readings one period earlier were found
+    assert together == alone

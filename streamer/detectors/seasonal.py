@@ -17,7 +17,7 @@ import numpy as np
 from streamer.detectors.base import Detector, as_2d
 
 DAY_MS = 86_400_000
-_KEY_LIMIT = 2**62  # the combined search keys (stream number times a span, plus a time) must stay below this
+_KEY_LIMIT = 2**62  # the combined search keys (stream number times a span, plus a time) stay below this
 _URLSAFE = str.maketrans("+/", "-_")
 
 
@@ -80,11 +80,10 @@ def seasonal_lookup(memories: list[dict[str, Any]], offsets: np.ndarray, ts: np.
     owner = np.repeat(np.arange(len(rings)), lengths)  # each new reading's stream
     pos = cstart[owner] + ring_len[owner] + (np.arange(times.size) - off[:-1][owner])
     target = times - int(period_ms)
-    key, target_key = _search_keys(cat_ts, np.repeat(np.arange(len(rings)), total), target, owner)
     out = np.full(x.shape, np.nan)
     if times.size:
         lo = np.maximum(cstart[owner], pos - int(max_len))
-        at = np.maximum(np.searchsorted(key, target_key, side="left"), lo)
+        at = np.maximum(_positions(cat_ts, cstart, total, owner, target), lo)
         before_ok, after_ok = at - 1 >= lo, at < pos
         gap_before = np.where(before_ok, np.abs(cat_ts[np.maximum(at - 1, 0)] - target), np.iinfo(np.int64).max)
         gap_after = np.where(after_ok, np.abs(cat_ts[np.minimum(at, cat_ts.size - 1)] - target),
@@ -95,33 +94,40 @@ def seasonal_lookup(memories: list[dict[str, Any]], offsets: np.ndarray, ts: np.
         tol = (times - cat_ts[np.maximum(pos - 1, 0)]) / 2.0
         match = has_prev & (before_ok | after_ok) & (gap <= tol)
         out[match] = cat_x[best[match]]
-    _remember(memories, cat_ts, cat_x, key, cstart, total, lengths, period_ms, max_len)
+    _remember(memories, cat_ts, cat_x, cstart, total, lengths, period_ms, max_len)
     return out
 
 
-def _search_keys(cat_ts: np.ndarray, cat_owner: np.ndarray, target: np.ndarray,
-                 owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keys that sort every stream's times after the previous stream's, so one search serves all streams."""
-    if cat_ts.size == 0:
-        return cat_ts, target
-    base = min(int(cat_ts.min()), int(target.min()) if target.size else int(cat_ts.min()))
-    span = int(cat_ts.max()) - base + 1
-    if (int(cat_owner[-1]) + 1) * span >= _KEY_LIMIT:  # times too far apart for int64 keys: float keys still order
-        span_f = float(span)
-        return cat_owner * span_f + (cat_ts - base), owner * span_f + (target - base)
-    return cat_owner * span + (cat_ts - base), owner * span + (target - base)
+def _positions(cat_ts: np.ndarray, cstart: np.ndarray, total: np.ndarray, owner: np.ndarray,
+               query: np.ndarray) -> np.ndarray:
+    """For each query time, the index (into the concatenation) of the first of its stream's times at or after it:
+    stream i's times are cat_ts[cstart[i]:cstart[i] + total[i]], increasing. One search for all streams, on keys
+    that place every stream's times after the previous stream's; a loop per stream where such keys would not fit
+    in int64."""
+    if query.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    base = min(int(cat_ts.min()), int(query.min())) if cat_ts.size else int(query.min())
+    span = max(int(cat_ts.max()) if cat_ts.size else 0, int(query.max())) - base + 1
+    if total.size * span < _KEY_LIMIT:
+        cat_owner = np.repeat(np.arange(total.size), total)
+        return np.searchsorted(cat_owner * span + (cat_ts - base), owner * span + (query - base), side="left")
+    out = np.empty(query.size, dtype=np.int64)
+    for i in np.unique(owner).tolist():
+        rows = owner == i
+        a = int(cstart[i])
+        out[rows] = a + np.searchsorted(cat_ts[a:a + int(total[i])], query[rows], side="left")
+    return out
 
 
-def _remember(memories: list[dict[str, Any]], cat_ts: np.ndarray, cat_x: np.ndarray, key: np.ndarray,
-              cstart: np.ndarray, total: np.ndarray, lengths: np.ndarray, period_ms: int, max_len: int) -> None:
+def _remember(memories: list[dict[str, Any]], cat_ts: np.ndarray, cat_x: np.ndarray, cstart: np.ndarray,
+              total: np.ndarray, lengths: np.ndarray, period_ms: int, max_len: int) -> None:
     """Keep, per stream that had readings, the last reading before (latest - period) and all since, at most
     `max_len` readings: later lookups cannot need anything older."""
     had = np.flatnonzero(lengths > 0)
     if had.size == 0:
         return
     end = cstart[had] + total[had]
-    # the latest reading's key minus the period is that stream's key of (latest - period)
-    first = np.searchsorted(key, key[end - 1] - int(period_ms), side="left") - 1
+    first = _positions(cat_ts, cstart, total, had, cat_ts[end - 1] - int(period_ms)) - 1
     keep = np.maximum(np.maximum(first, end - int(max_len)), cstart[had])
     for i, a, b in zip(had.tolist(), keep.tolist(), end.tolist(), strict=True):
         memories[i].update(encode_memory(cat_ts[a:b], cat_x[a:b]))
