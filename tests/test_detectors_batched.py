@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.detection import PRODUCT_PIPELINE
-from streamer.detectors.batched import score_streams, vectorised
+from streamer.detectors.batched import score_streams
 from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
 
 
@@ -49,7 +49,6 @@ def test_batched_equals_per_stream_bitwise(channels, views):
     rng = np.random.default_rng(channels)
     pipe = AnomalyPipeline(channels, PipelineConfig(dt_window=0, likelihood_warmup=30, error_warmup=10,
                                                     long_halflife=200.0, suppress=5, **VIEWS[views]))
-    assert vectorised(pipe)
     lengths = {f"s{i}": int(n) for i, n in enumerate(rng.integers(0, 400, size=12))}
     data = {s: _series(rng, n, channels) for s, n in lengths.items()}
     # rounds: each stream contributes 0..40 readings per round (many streams, uneven chunks)
@@ -106,7 +105,7 @@ def test_batched_equals_per_stream_for_any_chunking(seed, n, k, views):
 
 def test_telemanoms_threshold_is_stepped_stream_by_stream_with_the_same_results():
     pipe = AnomalyPipeline(1, PipelineConfig(value_short=4, dt_window=100, dt_every=7, likelihood_warmup=30))
-    assert not vectorised(pipe) and vectorised(AnomalyPipeline(1, PRODUCT_PIPELINE))
+    assert pipe.dt is not None and AnomalyPipeline(1, PRODUCT_PIPELINE).dt is None  # off by default
     rng = np.random.default_rng(0)
     data = {s: _series(rng, 300, 1) for s in ("s", "t")}
     states = {s: pipe.init_state() for s in data}

@@ -37,11 +37,6 @@ class Scored:
     alerts: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
-def vectorised(pipeline: AnomalyPipeline) -> bool:
-    """Whether `score_streams` steps this configuration's arithmetic across streams (all but Telemanom's threshold)."""
-    return pipeline.dt is None
-
-
 def _errors_of_rows(pipeline: AnomalyPipeline, states: list[dict[str, Any]], prev: np.ndarray, off: np.ndarray,
                     ts: np.ndarray, x: np.ndarray, f: np.ndarray) -> np.ndarray:
     """|reading - the forecast made for it| [N, C], or the seasonal-naive forecast's error where that is smaller."""

@@ -30,6 +30,18 @@ class AnomalyLikelihood(Detector):
         """Empty short window, zero long-run moments."""
         return {"recent": [], "mean": 0.0, "var": 0.0, "n": 0}
 
+    def row(self, state: dict[str, Any]) -> list[float]:
+        """A state in LikelihoodColumns' flat layout: mean, var, count, window length, the window padded to
+        `short` with zeros."""
+        recent = [float(v) for v in state["recent"][-self.short:]]
+        return [float(state["mean"]), float(state["var"]), float(state["n"]), float(len(recent)), *recent,
+                *[0.0] * (self.short - len(recent))]
+
+    def state_of(self, row: list[float]) -> dict[str, Any]:
+        """The state of a flat row (`row`'s inverse)."""
+        k = int(row[3])
+        return {"recent": list(row[4:4 + k]), "mean": row[0], "var": row[1], "n": int(row[2])}
+
     def columns(self, block: np.ndarray) -> LikelihoodColumns:
         """The likelihood's state as columns (LikelihoodColumns' layout), one row per stream."""
         return LikelihoodColumns(self.short, self.alpha, self.warmup, self.min_std, self.rel_std, block)
@@ -37,12 +49,8 @@ class AnomalyLikelihood(Detector):
     def step(self, state: dict[str, Any], ts: np.ndarray, raw: np.ndarray) -> dict[str, np.ndarray]:
         """{'score' [T] log-likelihood in [0, 1], 'likelihood' [T] in [0, 1]} for raw scores [T]."""
         r = np.asarray(raw, dtype=np.float64).reshape(-1)
-        recent = [float(v) for v in state["recent"]][-self.short:]
-        cols = self.columns(np.array([[float(state["mean"]), float(state["var"]), float(state["n"]), len(recent),
-                                       *recent, *[0.0] * (self.short - len(recent))]]))
+        cols = self.columns(np.array([self.row(state)]))
         cols.run(r)
+        state.update(self.state_of(cols.block()[0].tolist()))
         score, lik = cols.scores(r.shape[0])
-        k = int(cols.k[0])
-        state["recent"], state["mean"] = cols.recent[0, :k].tolist(), float(cols.mean[0])
-        state["var"], state["n"] = float(cols.var[0]), int(cols.n[0])
         return {"score": score, "likelihood": lik}

@@ -115,11 +115,11 @@ class AnomalyPipeline(Detector):
             es = state["error"]
             pred = es["pred"] if es["pred"] is not None else [None] * c
             row = [*(math.nan if v is None else float(v) for v in pred), *map(float, es["mean"]),
-                   *map(float, es["var"]), *map(float, es["n"]), *_likelihood_row(state["lik"], self.lik.short)]
+                   *map(float, es["var"]), *map(float, es["n"]), *self.lik.row(state["lik"])]
             if self.vlik is not None:
-                row += _likelihood_row(state.get("vlik") or self.vlik.init_state(), self.vlik.short)
+                row += self.vlik.row(state.get("vlik") or self.vlik.init_state())
         elif row is not None and self.vlik is not None and len(row) == base:  # written with the value view off
-            row = [*row, *_likelihood_row(self.vlik.init_state(), self.vlik.short)]
+            row = [*row, *self.vlik.row(self.vlik.init_state())]
         if row is None or len(row) != self.flat_width():
             state.clear()
             state.update(self.init_state())
@@ -135,9 +135,9 @@ class AnomalyPipeline(Detector):
             c = self.n_channels
             state["error"] = {"pred": [v if math.isfinite(v) else None for v in row[:c]], "mean": row[c:2 * c],
                               "var": row[2 * c:3 * c], "n": [int(v) for v in row[3 * c:4 * c]]}
-            state["lik"] = _likelihood_state(row[4 * c:4 * c + 4 + self.lik.short])
+            state["lik"] = self.lik.state_of(row[4 * c:4 * c + 4 + self.lik.short])
             if self.vlik is not None:
-                state["vlik"] = _likelihood_state(row[4 * c + 4 + self.lik.short:])
+                state["vlik"] = self.vlik.state_of(row[4 * c + 4 + self.lik.short:])
         return state
 
     def prepare(self, state: dict[str, Any], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -155,7 +155,6 @@ class AnomalyPipeline(Detector):
         batched pipeline (detectors/batched.py) over a batch of this one stream."""
         from streamer.detectors.batched import score_batch  # it builds on this module
 
-        self.expand(state)
         ts = np.asarray(ts, dtype=np.int64).reshape(-1)
         out = score_batch(self, [state], [stream], np.array([0, ts.shape[0]]), ts, x_norm, forecast)
         self.expand(state)  # the nested form, as a single stream's callers read it
@@ -186,16 +185,3 @@ class AnomalyPipeline(Detector):
             alerts.extend(fired)
         state["damp"] = damp
         return alerts
-
-
-def _likelihood_row(state: dict[str, Any], short: int) -> list[float]:
-    """A likelihood's state as floats: mean, var, count, window length, the window padded with zeros to `short`."""
-    recent = [float(v) for v in state["recent"][-short:]] if short > 0 else []
-    return [float(state["mean"]), float(state["var"]), float(state["n"]), float(len(recent)), *recent,
-            *[0.0] * (short - len(recent))]
-
-
-def _likelihood_state(row: list[float]) -> dict[str, Any]:
-    """The nested likelihood state of a `_likelihood_row`."""
-    k = int(row[3])
-    return {"recent": row[4:4 + k], "mean": row[0], "var": row[1], "n": int(row[2])}
