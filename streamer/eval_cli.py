@@ -68,12 +68,12 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
 def _eval_nab_cv(args: argparse.Namespace, cfg: NabConfig) -> int:
     """`eval nab --cv K`: the pipeline's search space chosen on K-1 folds of files, scored on the held one."""
     from streamer.errors import ConfigError
-    from streamer.evaluation import nab_cv
+    from streamer.evaluation import nab_cv, selection
 
     if args.checkpoint:
         raise ConfigError("--cv pre-trains its own forecaster: it takes no --checkpoint")
     _existing("--space", args.space)
-    space = nab_cv.load_space(Path(args.space)) if args.space else nab_cv.SEARCH_SPACE
+    space = selection.load_space(Path(args.space)) if args.space else nab_cv.SEARCH_SPACE
     summary = nab_cv.run(Path(args.data), Path(args.out), cfg, k=args.cv, seed=args.cv_seed, space=space,
                          progress=not args.quiet)
     print("\n".join(nab_cv.report(summary)))
@@ -137,10 +137,10 @@ def cmd_eval_smap(args: argparse.Namespace) -> int:
 
 def _eval_smap_cv(args: argparse.Namespace, cfg: SmapConfig, only: list[str] | None) -> int:
     """`eval smap --cv K`: the threshold settings of the search space chosen on K-1 folds of channels."""
-    from streamer.evaluation import smap_cv
+    from streamer.evaluation import selection, smap_cv
 
     _existing("--space", args.space)
-    space = smap_cv.selection.load_space(Path(args.space)) if args.space else smap_cv.SEARCH_SPACE
+    space = selection.load_space(Path(args.space)) if args.space else smap_cv.SEARCH_SPACE
     summary = smap_cv.run(Path(args.data), Path(args.out) if args.out else None, cfg, k=args.cv,
                           seed=args.cv_seed, space=space, only=only, max_rows=args.max_rows,
                           progress=not args.quiet)

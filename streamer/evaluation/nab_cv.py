@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from streamer.detectors import AnomalyPipeline, PipelineConfig
-from streamer.detectors.batched import score_batch
+from streamer.detectors.batched import Scored, score_batch
+from streamer.detectors.seasonal import DAY_MS
 from streamer.errors import ConfigError
 from streamer.evaluation import nab, selection
 from streamer.evaluation import nab_scorer as ns
 
-DAY_MS = 86_400_000
 # The declared search space: axes of PipelineConfig overrides; the configurations are their product (48 here).
 SEARCH_SPACE: selection.Space = (
     ({"season_ms": 0}, {"season_ms": DAY_MS, "season_max": 300}),
@@ -45,46 +45,53 @@ def configurations(space: selection.Space = SEARCH_SPACE) -> list[dict[str, Any]
     return selection.configurations(space, set(PipelineConfig().to_dict()), FIXED)
 
 
-load_space = selection.load_space
-split_folds = selection.split_folds
+
+def _batch(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]], config: PipelineConfig) -> Scored:
+    """Every series scored under `config` as one batch, from the normalised readings and forecasts of one stream."""
+    pipe = AnomalyPipeline(1, config)
+    lengths = [len(s.ts) for s in series]
+    return score_batch(pipe, [pipe.init_state() for _ in series], [s.name for s in series], np.cumsum([0, *lengths]),
+                       np.concatenate([s.ts for s in series]),
+                       np.concatenate([streamed[s.name]["x_norm"] for s in series])[:, None],
+                       np.concatenate([streamed[s.name]["forecast"] for s in series])[:, None])
+
+
+def _per_series(series: list[nab.Series], rows: np.ndarray) -> list[np.ndarray]:
+    """A batch's rows cut back into one array per series."""
+    return np.split(rows, np.cumsum([len(s.ts) for s in series])[:-1]) if series else []
 
 
 def rescore(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]],
             config: PipelineConfig, key: str = "score") -> list[np.ndarray]:
-    """Final scores of every series under `config`, from the normalised readings and forecasts of one stream
-    (key "fired": 1.0 where an alert fired at the pipeline's own threshold, else 0.0)."""
-    pipe = AnomalyPipeline(1, config)
-    lengths = [len(s.ts) for s in series]
-    out = score_batch(pipe, [pipe.init_state() for _ in series], [s.name for s in series], np.cumsum([0, *lengths]),
-                      np.concatenate([s.ts for s in series]),
-                      np.concatenate([streamed[s.name]["x_norm"] for s in series])[:, None],
-                      np.concatenate([streamed[s.name]["forecast"] for s in series])[:, None])
-    rows = getattr(out, key)
-    return np.split(rows, np.cumsum(lengths)[:-1]) if series else []
+    """Final scores of every series under `config` (key "fired": 1.0 where an alert fired at the pipeline's own
+    threshold, else 0.0)."""
+    return _per_series(series, getattr(_batch(series, streamed, config), key))
 
 
 def rescore_all(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]],
-                configs: list[PipelineConfig]) -> list[list[np.ndarray]]:
-    """`rescore` under every configuration, the configurations spread over the CPUs this process may use."""
-    return selection.parallel_map(_rescore_shared, configs, (series, streamed))
+                configs: list[PipelineConfig]) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """(final scores, alert onsets) of every series under every configuration, the configurations spread over the
+    CPUs this process may use."""
+    both = selection.parallel_map(_rescore_shared, configs, (series, streamed))
+    return [b[0] for b in both], [b[1] for b in both]
 
 
 def _rescore_shared(shared: tuple[list[nab.Series], dict[str, dict[str, np.ndarray]]],
-                    config: PipelineConfig) -> list[np.ndarray]:
-    """`rescore` of the shared readings under one configuration."""
-    return rescore(*shared, config)
+                    config: PipelineConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Scores and alert onsets of the shared readings under one configuration."""
+    out = _batch(*shared, config)
+    return _per_series(shared[0], out.score), _per_series(shared[0], out.fired)
 
 
-def own_threshold(series: list[nab.Series], streamed: dict[str, dict[str, np.ndarray]], corpus: list[ns.FileTruth],
-                  base: PipelineConfig, picks: list[tuple[list[int], dict[str, Any]]]) -> float:
+def own_threshold(fired: list[list[np.ndarray]], corpus: list[ns.FileTruth],
+                  picks: list[tuple[list[int], int]]) -> float:
     """NAB score of the alerts the daemon fires at its own threshold (alert_on), each group of files under its
-    configuration: what a user of the alert topic gets, no threshold swept."""
-    fired: list[np.ndarray | None] = [None] * len(corpus)
+    configuration (fired[c][i]: configuration c, file i): what a user of the alert topic gets, no threshold swept."""
+    rows: list[np.ndarray | None] = [None] * len(corpus)
     for files, config in picks:
-        rows = rescore([series[i] for i in files], streamed, replace(base, **config), key="fired")
-        for i, r in zip(files, rows, strict=True):
-            fired[i] = r
-    return ns.score_at(fired, corpus, 0.5, PROFILE)  # type: ignore[arg-type]
+        for i in files:
+            rows[i] = fired[config][i]
+    return ns.score_at(rows, corpus, 0.5, PROFILE)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -139,22 +146,20 @@ def run(data_dir: Path, out_dir: Path | None, cfg: nab.NabConfig, k: int = 5, se
     corpus = ns.load_corpus(Path(data_dir))
     series = nab.load_series(corpus, Path(data_dir))
     configs = configurations(space)
-    names = [t.name for t in corpus]
-    folds = split_folds(names, k, seed)
+    folds = selection.split_folds([t.name for t in corpus], k, seed)
     model = nab.pretrain(series, cfg, progress=progress)
     t_train = time.perf_counter() - started
     streamed = nab.stream_corpus(series, model, AnomalyPipeline(1, cfg.pipeline), cfg.chunk, progress=progress)
-    scores = rescore_all(series, streamed, [replace(cfg.pipeline, **c) for c in configs])
+    scores, fired = rescore_all(series, streamed, [replace(cfg.pipeline, **c) for c in configs])
     cv = cross_validate(scores, corpus, folds)
     best = choose(scores, corpus, list(range(len(corpus))))
     base = ns.sweep([streamed[s.name]["score"] for s in series], corpus, PROFILE)
     every = [{"config": c, "standard": round(ns.sweep(sc, corpus, PROFILE).score, 3)} for c, sc in zip(
         configs, scores, strict=True)]
+    cv_own = own_threshold(fired, corpus, [(held, f["chosen"]) for held, f in zip(folds, cv["folds"], strict=True)])
+    in_own = own_threshold(fired, corpus, [(list(range(len(corpus))), best.config)])
     for f in cv["folds"]:
         f["chosen"] = configs[f["chosen"]]
-    held = [([names.index(n) for n in f["files"]], f["chosen"]) for f in cv["folds"]]
-    cv_own = own_threshold(series, streamed, corpus, cfg.pipeline, held)
-    in_own = own_threshold(series, streamed, corpus, cfg.pipeline, [(list(range(len(corpus))), configs[best.config])])
     summary = {
         "cv_standard": cv["cv_standard"], "in_sample_standard": round(best.score, 3),
         "cv_own_threshold_standard": round(cv_own, 3), "in_sample_own_threshold_standard": round(in_own, 3),
