@@ -3,7 +3,6 @@ training config derived from examples/ett.toml."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tomllib
@@ -12,17 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamer.eval_cli import register
 from streamer.evaluation import ett
 from streamer.models import ModelConfig, build_model
+from tests.helpers import parse_cli
 
 ETTH1 = Path(__file__).resolve().parents[1] / "data" / "ett" / "ETTh1.csv"
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="streamer")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
 
 
 def test_derived_config_changes_only_path_and_horizon(tmp_path: Path) -> None:
@@ -46,7 +39,7 @@ def test_eval_ett_with_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = tmp_path / "out"
     data = tmp_path / "transformer_2.csv"  # ETTh1 under another name: the report names the file it scored
     shutil.copyfile(ETTH1, data)
-    args = parse(["eval", "ett", "--data", str(data), "--horizon", "96", "--checkpoint", str(tmp_path / "ckpt"),
+    args = parse_cli(["eval", "ett", "--data", str(data), "--horizon", "96", "--checkpoint", str(tmp_path / "ckpt"),
                   "--out", str(out), "--json", "--quiet", "--threads", "1"])
     assert args.func(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()

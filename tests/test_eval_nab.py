@@ -3,7 +3,6 @@ the JSON line, the plots, and the no-look-ahead property of the written scores."
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -11,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.eval_cli import register
 from streamer.evaluation import nab
 from streamer.evaluation import nab_scorer as ns
+from tests.helpers import parse_cli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "nab" / "realAWSCloudwatch"
 ROWS = 1200
@@ -37,17 +36,11 @@ def small_nab(root: Path, rows: int = ROWS) -> Path:
     return root
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="streamer")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
 def test_eval_nab_writes_nab_layout_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    one_torch_thread: None) -> None:
     data = small_nab(tmp_path / "nab")
     out = tmp_path / "out"
-    args = parse(["eval", "nab", "--data", str(data), "--out", str(out), "--json", "--epochs", "3", "--quiet"])
+    args = parse_cli(["eval", "nab", "--data", str(data), "--out", str(out), "--json", "--epochs", "3", "--quiet"])
     assert args.func(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)

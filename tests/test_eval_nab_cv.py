@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError
-from streamer.evaluation import nab, nab_cv
+from streamer.evaluation import nab, nab_cv, selection
 from streamer.evaluation import nab_scorer as ns
-from tests.test_eval_nab import parse, small_nab
+from tests.helpers import parse_cli
+from tests.test_eval_nab import small_nab
 
 SHIPPED_NAB = Path(__file__).resolve().parents[1] / "data" / "nab"
 
@@ -40,7 +41,7 @@ def synthetic_names() -> list[str]:
 
 def test_fold_split_is_stratified_deterministic_disjoint_and_covering() -> None:
     names = synthetic_names()
-    folds = nab_cv.split_folds(names, 3, seed=7)
+    folds = selection.split_folds(names, 3, seed=7)
     assert len(folds) == 3
     flat = [i for f in folds for i in f]
     assert sorted(flat) == list(range(len(names)))  # disjoint and covering
@@ -49,11 +50,11 @@ def test_fold_split_is_stratified_deterministic_disjoint_and_covering() -> None:
     for cat, n in (("catA", 7), ("catB", 4), ("catC", 2)):
         per_fold = [sum(names[i].startswith(cat) for i in f) for f in folds]
         assert sum(per_fold) == n and max(per_fold) - min(per_fold) <= 1, (cat, per_fold)
-    assert nab_cv.split_folds(names, 3, seed=7) == folds
-    assert any(nab_cv.split_folds(names, 3, seed=s) != folds for s in range(8))  # the seed matters
+    assert selection.split_folds(names, 3, seed=7) == folds
+    assert any(selection.split_folds(names, 3, seed=s) != folds for s in range(8))  # the seed matters
     for k in (1, len(names) + 1):
         with pytest.raises(ConfigError):
-            nab_cv.split_folds(names, k)
+            selection.split_folds(names, k)
 
 
 def test_search_space_is_the_product_of_its_axes_and_never_varies_the_normalisation() -> None:
@@ -138,7 +139,7 @@ def test_eval_nab_cv_end_to_end_on_the_shipped_files(tmp_path: Path, capsys: pyt
     out = tmp_path / "out"
     data = shipped_nab(tmp_path / "nab")
     assert all(t.windows for t in ns.load_corpus(data))  # every file labelled
-    args = parse(["eval", "nab", "--data", str(data), "--out", str(out), "--cv", "3", "--space",
+    args = parse_cli(["eval", "nab", "--data", str(data), "--out", str(out), "--cv", "3", "--space",
                   str(space), "--epochs", "3", "--quiet", "--json"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out.strip().splitlines()

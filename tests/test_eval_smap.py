@@ -3,7 +3,6 @@ buffered threshold objective and inverted errors."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,16 +10,10 @@ import numpy as np
 import pytest
 
 from streamer.detectors.thresholds import TelemanomSequences, telemanom_epsilon, telemanom_prune
-from streamer.eval_cli import register
 from streamer.evaluation import smap
+from tests.helpers import parse_cli
 
 SMAP = Path(__file__).resolve().parents[1] / "data" / "smap"
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="streamer")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
 
 
 def test_event_level_counts_follow_telemanom() -> None:
@@ -75,7 +68,7 @@ def test_inverted_errors_flag_a_drop_in_the_errors() -> None:
 
 def test_eval_smap_small_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str], one_torch_thread: None) -> None:
     out = tmp_path / "out"
-    args = parse(["eval", "smap", "--data", str(SMAP), "--out", str(out), "--json", "--quiet", "--epochs", "3",
+    args = parse_cli(["eval", "smap", "--data", str(SMAP), "--out", str(out), "--json", "--quiet", "--epochs", "3",
                   "--channels", "A-6,P-1", "--max-rows", "2500"])
     assert args.func(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

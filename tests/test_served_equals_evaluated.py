@@ -4,7 +4,6 @@ for a shipped NAB series are the ones the offline evaluation path reports for it
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -17,12 +16,11 @@ from streamer import checkpoints
 from streamer.config import load_settings
 from streamer.detection import PRODUCT_PIPELINE, pipeline_config
 from streamer.errors import ConfigError
-from streamer.eval_cli import register
 from streamer.evaluation import nab
 from streamer.evaluation import nab_scorer as ns
 from streamer.model_source import load_checkpoint, served_model
 from streamer.service import Service
-from tests.helpers import collect, collect_all, send_records
+from tests.helpers import collect, collect_all, parse_cli, send_records
 from training.pipeline import run as train
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "nab"
@@ -71,12 +69,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="streamer")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
 def test_the_setting_wins_over_the_checkpoint_which_wins_over_the_default() -> None:
     settings = load_settings(detectors={"alert_on": 0.7, "season_ms": 0}).detectors
     got = pipeline_config(settings, {"alert_on": 0.6, "short": 4})
@@ -110,7 +102,7 @@ def test_eval_nab_with_a_checkpoint_reports_the_pipeline_it_used(folder: Path, m
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("STREAMER_DETECTORS__ALERT_ON", str(SERVED["alert_on"]))
     out = folder / "eval"
-    args = parse(["eval", "nab", "--data", str(folder / "nab"), "--out", str(out), "--checkpoint",
+    args = parse_cli(["eval", "nab", "--data", str(folder / "nab"), "--out", str(out), "--checkpoint",
                   str(folder / "run" / "checkpoint"), "--json", "--quiet", "--no-plots"])
     assert args.func(args) == 0
     summary = json.loads((out / "summary.json").read_text())
