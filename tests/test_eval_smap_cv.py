@@ -26,9 +26,9 @@ def test_search_space_covers_threshold_settings_only() -> None:
 
 
 def test_rates_sum_the_counts_over_channels() -> None:
-    p, r, f1 = smap_cv.rates([{"tp": 3, "fp": 1, "fn": 0}, {"tp": 1, "fp": 0, "fn": 4}])
+    p, r, f1 = smap.rates([{"tp": 3, "fp": 1, "fn": 0}, {"tp": 1, "fp": 0, "fn": 4}])
     assert (p, r) == (0.8, 0.5) and f1 == pytest.approx(2 * 0.4 / 1.3)
-    assert smap_cv.rates([{"tp": 0, "fp": 0, "fn": 0}]) == (0.0, 0.0, 0.0)
+    assert smap.rates([{"tp": 0, "fp": 0, "fn": 0}]) == (0.0, 0.0, 0.0)
 
 
 def test_a_folds_choice_never_sees_the_held_channels_labels() -> None:

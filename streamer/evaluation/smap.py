@@ -202,6 +202,14 @@ def score_channel(pred: list[tuple[int, int]], labels: list[tuple[int, int]]) ->
     return {"tp": tp, "fn": len(labels) - tp, "fp": fp}
 
 
+def rates(counts: list[dict[str, int]]) -> tuple[float, float, float]:
+    """(precision, recall, F1) of event-level counts summed over channels (0 where undefined)."""
+    tp, fp, fn = (sum(c[k] for c in counts) for k in ("tp", "fp", "fn"))
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
 def plot_channels(path: Path, chans: list[Channel], results: dict[str, dict[str, Any]], counts: dict[str, dict],
                   title: str) -> Path:
     """Per channel: telemetry with labelled (red) and predicted (blue) sequences; smoothed error and threshold."""
@@ -246,11 +254,9 @@ def run(data: Path, out_dir: Path | None = None, cfg: SmapConfig | None = None, 
         results[ch.name] = stream_channel(ch, model, cfg)
         counts[ch.name] = score_channel(results[ch.name]["sequences"], ch.labels)
     tp, fp, fn = (sum(c[k] for c in counts.values()) for k in ("tp", "fp", "fn"))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    precision, recall, f1 = rates(list(counts.values()))
     summary: dict[str, Any] = {
-        "precision": round(precision, 4), "recall": round(recall, 4),
-        "f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+        "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
         "tp": tp, "fp": fp, "fn": fn, "channels": len(chans), "labelled_sequences": tp + fn,
         "scoring": "event level, Telemanom: a labelled sequence overlapped by a predicted one is a TP; "
                    "no point adjustment", "seconds": round(time.perf_counter() - started, 1),

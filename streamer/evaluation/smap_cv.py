@@ -39,14 +39,6 @@ def configurations(space: selection.Space = SEARCH_SPACE) -> list[dict[str, Any]
     return selection.configurations(space, set(smap.SmapConfig().to_dict()), FIXED)
 
 
-def rates(counts: list[Counts]) -> tuple[float, float, float]:
-    """(precision, recall, F1) of summed event-level counts."""
-    tp, fp, fn = (sum(c[k] for c in counts) for k in ("tp", "fp", "fn"))
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
-
-
 @dataclass
 class Choice:
     """The configuration (index into the space) with the best F1 on some channels."""
@@ -61,7 +53,7 @@ def choose(counts: list[list[Counts]], channels: list[int]) -> Choice:
         raise ConfigError("no channels to choose on")
     best = None
     for c, per_channel in enumerate(counts):
-        f1 = rates([per_channel[i] for i in channels])[2]
+        f1 = smap.rates([per_channel[i] for i in channels])[2]
         if best is None or f1 > best.f1:  # ties: the earlier configuration
             best = Choice(c, f1)
     assert best is not None
@@ -77,13 +69,13 @@ def cross_validate(counts: list[list[Counts]], names: list[str], folds: list[lis
         pick = choose(counts, train)
         for i in held:
             held_counts[i] = counts[pick.config][i]
-        p, r, f1 = rates([counts[pick.config][i] for i in held])
+        p, r, f1 = smap.rates([counts[pick.config][i] for i in held])
         out.append({"channels": [names[i] for i in held], "chosen": pick.config, "train_f1": round(pick.f1, 4),
                     "held_precision": round(p, 4), "held_recall": round(r, 4), "held_f1": round(f1, 4)})
     missing = [names[i] for i, c in enumerate(held_counts) if c is None]
     if missing:
         raise ConfigError(f"the folds leave out {missing}")
-    p, r, f1 = rates(held_counts)  # type: ignore[arg-type]
+    p, r, f1 = smap.rates(held_counts)  # type: ignore[arg-type]
     return {"cv_precision": round(p, 4), "cv_recall": round(r, 4), "cv_f1": round(f1, 4), "folds": out}
 
 
@@ -127,7 +119,7 @@ def run(data: Path, out_dir: Path | None, cfg: smap.SmapConfig, k: int = 5, seed
     best = choose(counts, list(range(len(chans))))
     for f in cv["folds"]:
         f["chosen"] = configs[f["chosen"]]
-    (p, r, f1), (bp, br, bf1) = rates(counts[best.config]), rates(base)
+    (p, r, f1), (bp, br, bf1) = smap.rates(counts[best.config]), smap.rates(base)
     summary = {
         "cv_precision": cv["cv_precision"], "cv_recall": cv["cv_recall"], "cv_f1": cv["cv_f1"],
         "in_sample_precision": round(p, 4), "in_sample_recall": round(r, 4), "in_sample_f1": round(f1, 4),
@@ -136,7 +128,7 @@ def run(data: Path, out_dir: Path | None, cfg: smap.SmapConfig, k: int = 5, seed
         "folds": cv["folds"], "k": k, "seed": seed, "channels": len(chans),
         "labelled_sequences": sum(len(ch.labels) for ch in chans),
         "in_sample_every": [{"config": c, **dict(zip(("precision", "recall", "f1"),
-                                                    (round(v, 4) for v in rates(per)), strict=True))}
+                                                    (round(v, 4) for v in smap.rates(per)), strict=True))}
                             for c, per in zip(configs, counts, strict=True)],
         "search_space": [list(a) for a in space], "configurations": len(configs), "base_config": cfg.to_dict(),
         "scoring": "event level, Telemanom: a labelled sequence overlapped by a predicted one is a TP; "
