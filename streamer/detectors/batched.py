@@ -139,10 +139,14 @@ def score_batch(pipeline: AnomalyPipeline, states: list[dict[str, Any]], streams
             a, b = int(off[i]), int(off[i + 1])
             out.alerts[i] = pipeline.alert_rows(st, times[a:b], out.score[a:b], out.channels[a:b],
                                                 stream=streams[i])  # damps out.score in place
-            fired = {m["start_ts"] for m in out.alerts[i] if m["state"] == "firing"}
-            if fired:
-                out.fired[a:b] = np.isin(times[a:b], list(fired)).astype(np.float64)
+            out.fired[a:b] = fired_rows(times[a:b], out.alerts[i])
     return out
+
+
+def fired_rows(ts: np.ndarray, alerts: list[dict[str, Any]]) -> np.ndarray:
+    """1.0 at the readings where one of `alerts` fired, else 0.0: binary detections at the pipeline's threshold."""
+    onsets = {int(m["start_ts"]) for m in alerts if m["state"] == "firing"}
+    return np.isin(np.asarray(ts, dtype=np.int64), np.array(sorted(onsets), dtype=np.int64)).astype(np.float64)
 
 
 def score_streams(pipeline: AnomalyPipeline, states: list[dict[str, Any]], streams: list[str],

@@ -5,9 +5,9 @@ on the probationary rows (first 15%, at most 750) of the files under the data fo
 is then frozen and every series is streamed in chunks through `Engine.step` exactly as the daemon does, with
 the detector state of each stream kept in the state store's extras. One configuration serves every series.
 The pipeline is the daemon's (streamer.detection.pipeline_config: STREAMER_DETECTORS__* settings over the product
-default); its two optional views (see AnomalyPipeline) are off by default: the seasonal one takes the forecast
-error as the smaller of the model's and the value one day earlier's, the value view scores the value's own
-deviation from the stream's running distribution as a second likelihood.
+default, chosen by `streamer eval nab --cv`); by default both views of AnomalyPipeline are on: the seasonal one takes
+the forecast error as the smaller of the model's and the value one day earlier's, the value view scores the
+value's own deviation from the stream's running distribution as a second likelihood.
 
 With `--checkpoint`, no model is pre-trained: the checkpoint is streamed as `streamer serve` runs it
 (`stream_served`). Either way the pipeline is the one streamer.detection.pipeline_config decides for the daemon.
@@ -27,7 +27,7 @@ import torch
 
 from streamer.detection import PRODUCT_PIPELINE, StreamDetectors
 from streamer.detectors import AnomalyPipeline, OnlineNormaliser, PipelineConfig
-from streamer.detectors.batched import score_batch
+from streamer.detectors.batched import fired_rows, score_batch
 from streamer.engine import Chunk, Engine
 from streamer.errors import ConfigError
 from streamer.evaluation import nab_scorer as ns
@@ -182,14 +182,8 @@ def stream_served(series: list[Series], served: ServedModel, pipeline: PipelineC
     for s in series:
         r = out[s.name]
         r["score"] = np.concatenate(r["score"])
-        r["fired"] = _fired(s.ts, r["alerts"])
+        r["fired"] = fired_rows(s.ts, r["alerts"])
     return out
-
-
-def _fired(ts: np.ndarray, alerts: list[dict[str, Any]]) -> np.ndarray:
-    """1.0 at the readings where an alert fired, else 0.0."""
-    onsets = {int(m["start_ts"]) for m in alerts if m["state"] == "firing"}
-    return np.isin(ts, np.array(sorted(onsets), dtype=np.int64)).astype(np.float64)
 
 
 def write_results(out_dir: Path, series: list[Series], corpus: list[ns.FileTruth], scores: list[np.ndarray],
