@@ -27,7 +27,11 @@ def tail_probabilities(z: np.ndarray) -> np.ndarray:
 
 def log_tail_scores(z: np.ndarray) -> np.ndarray:
     """NAB's log-scaled likelihood of each upper-tail probability Q(z): 0 at Q = 1, 0.5 at 1e-5, 1 at 1e-10."""
-    q = tail_probabilities(z)
+    return _log_scale(tail_probabilities(z))
+
+
+def _log_scale(q: np.ndarray) -> np.ndarray:
+    """NAB's log scale of upper-tail probabilities q."""
     s = _LOG(q + 1e-10).astype(np.float64) / _LOG_EPS
     s = np.where(s > 0.0, s, 0.0)  # NaN stays NaN here, as max(0.0, NaN) does in Python
     return np.where(q < 1.0, np.where(s < 1.0, s, 1.0), 0.0)
@@ -137,9 +141,9 @@ class LikelihoodColumns:
         """(log-likelihood score, likelihood 1 - Q) of every row stepped; 0 during warm-up and where skipped."""
         score, lik = np.zeros(n_rows), np.zeros(n_rows)
         if self._rows:
-            rows, z = np.concatenate(self._rows), np.concatenate(self._z)
-            score[rows] = log_tail_scores(z)
-            lik[rows] = 1.0 - tail_probabilities(z)
+            rows, q = np.concatenate(self._rows), tail_probabilities(np.concatenate(self._z))
+            score[rows] = _log_scale(q)
+            lik[rows] = 1.0 - q
         return score, lik
 
     def block(self) -> np.ndarray:
