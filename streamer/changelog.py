@@ -10,6 +10,7 @@ polls, never inside a rebalance callback: the consumer keeps its place in the gr
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -26,14 +27,63 @@ from streamer.transport import client_options, common_config
 log = logging.getLogger(__name__)
 
 
+COLD_PREFIX, COLD_SUFFIX = "streamer-cold-", ".sqlite"
+_OPEN_HERE: set[str] = set()  # this process's own stores: never opened by the sweep (closing a descriptor of a
+# file drops every POSIX lock the process holds on it, SQLite's included)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock on fd without waiting; False when another open file holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def sweep_stale_cold_files(directory: str | None = None) -> list[str]:
+    """Delete the cold-store files in `directory` (default: the temp folder) that no live process holds.
+
+    A store holds a flock on its file while it is open (a BSD lock on its own descriptor, which SQLite's POSIX
+    locks on the same file never touch), so a file nobody holds was left by a process that was killed: its state
+    is in the changelog, and the file is only disk used for nothing.
+    """
+    folder = directory or tempfile.gettempdir()
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not (name.startswith(COLD_PREFIX) and name.endswith(COLD_SUFFIX)):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.abspath(path) in _OPEN_HERE:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        try:
+            if _try_lock(fd):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d cold-store files left by stopped processes in %s", len(removed), folder)
+    return removed
+
+
 class ColdStore:
     """Latest state snapshot of every known stream that is not (or not only) in the hot store."""
 
     def __init__(self, directory: str | None = None) -> None:
         if directory:
             os.makedirs(directory, exist_ok=True)
-        fd, self.path = tempfile.mkstemp(prefix="streamer-cold-", suffix=".sqlite", dir=directory)
-        os.close(fd)
+        fd, self.path = tempfile.mkstemp(prefix=COLD_PREFIX, suffix=COLD_SUFFIX, dir=directory)
+        _try_lock(fd)  # held until close: while it is, no other process sweeps the file away
+        self._lock_fd = fd
+        _OPEN_HERE.add(os.path.abspath(self.path))
+        sweep_stale_cold_files(directory)
         # One process owns the file; durability comes from the changelog, so the file needs no fsync.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=OFF")
@@ -74,6 +124,8 @@ class ColdStore:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        os.close(self._lock_fd)
+        _OPEN_HERE.discard(os.path.abspath(self.path))
 
 
 class ChangelogRestorer:

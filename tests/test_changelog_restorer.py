@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamer.changelog import ChangelogRestorer, ColdStore
@@ -95,3 +97,33 @@ def test_an_empty_changelog_partition_is_restored_at_once(kafka_bootstrap, new_t
         restorer.close()
         group_consumer.close()
         cold.close()
+
+
+def test_cold_store_files_left_by_a_killed_process_are_removed_by_the_next_store(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom streamer.changelog import ColdStore\nc = ColdStore(sys.argv[1])\n"
+            "c.put_many([('s', 0, b'x' * 1000)])\nprint(c.path, flush=True)\ntime.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    left = child.stdout.readline().strip()
+    live = ColdStore(str(tmp_path))  # while the child lives, its file is held: not swept
+    try:
+        assert os.path.exists(left)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        assert os.path.exists(left)  # kill -9: no close() ran
+        other = ColdStore(str(tmp_path))
+        assert not os.path.exists(left)  # the next store in the folder removed it
+        assert os.path.exists(live.path) and os.path.exists(other.path)  # live stores stay
+        other.put_many([("a", 1, b"y")])
+        assert other.get("a") == (1, b"y")
+        other.close()
+        assert sorted(os.listdir(tmp_path)) == [os.path.basename(live.path)]
+        live.put_many([("b", 0, b"z")])
+        assert live.get("b") == (0, b"z")  # the sweeps never disturbed this process's own store
+    finally:
+        live.close()
+        if child.poll() is None:
+            child.kill()
