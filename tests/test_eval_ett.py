@@ -50,3 +50,23 @@ def test_eval_ett_with_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert m["repeat_mse"] == pytest.approx(1.295, abs=0.01) and m["repeat_mae"] == pytest.approx(0.713, abs=0.01)
     assert m["test_windows"] == 14400 - 11520 - 96 + 1 and m["normalization_matches_checkpoint"]
     assert m["mse"] > 0 and (out / "best.png").exists() and (out / "worst.png").exists()
+
+
+def test_the_engine_serves_the_forecasts_training_scored(one_torch_thread: None) -> None:
+    import numpy as np
+
+    from training.delay import DelayLine, export
+    from training.evaluate import predict_stream
+    from training.layout import Stream
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="gru", n_features=7, hidden=6 * 7 + 3, heads=("forecast",), horizon=4))
+    head = DelayLine(model, 6).parametrize_head()
+    with torch.no_grad():
+        head.A.normal_(0.0, 0.1)
+    export(model).eval()
+    x = np.random.default_rng(0).standard_normal((300, 7)).astype(np.float32)
+    served = ett.served_forecasts(model, x, 300, chunk=37)
+    trained = predict_stream(model, Stream("s", x), heads=("forecast",))["forecast"]
+    assert served.shape == (300, 4, 7)
+    np.testing.assert_allclose(served, trained, rtol=1e-4, atol=1e-5)

@@ -54,6 +54,7 @@ class TrainConfig:
     refit: bool = False  # pipeline: after early stopping, refit on train + validation rows for the best epoch count
     refit_threshold: float | str = "first"  # event threshold after a refit: "first" (the first fit's calibrated) or p
     val_context: int | None = None  # validation pass starts this many rows before the scored rows (None: row 0)
+    ridge: tuple[float, ...] = ()  # delay line: its linear map solved in closed form over this ridge grid
     device: str = "cpu"
     progress: bool = True
 
@@ -72,7 +73,10 @@ class TrainConfig:
                                                     and 0.0 < float(self.refit_threshold) < 1.0):
             raise ConfigError(f"refit_threshold must be 'first' or a probability in (0, 1), got "
                               f"{self.refit_threshold!r}")
-        for name in ("epochs", "batch", "tbptt", "window", "score_last", "ensemble"):
+        self.ridge = tuple(float(r) for r in self.ridge)
+        if int(self.epochs) < (0 if self.ridge else 1):
+            raise ConfigError("train epochs must be >= 1 (>= 0 with train.ridge: 0 keeps the closed-form map)")
+        for name in ("batch", "tbptt", "window", "score_last", "ensemble"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train {name} must be >= 1")
 
@@ -85,6 +89,7 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     best_epoch: int = -1
+    initial_val_loss: float | None = None  # fit(keep_initial=True): the validation loss before training
     seconds: float = 0.0
     stopped: str = "epochs"
 
@@ -303,11 +308,13 @@ def auto_pos_weight(cfg: TrainConfig, streams: list[Stream]) -> float | None:
 
 
 def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[Stream],
-        delay: DelayLine | None = None, lr_plan: list[float] | None = None) -> History:
+        delay: DelayLine | None = None, lr_plan: list[float] | None = None, keep_initial: bool = False) -> History:
     """Train in place with early stopping on the validation loss; the best epoch's weights are restored.
 
     lr_plan: a refit: exactly len(lr_plan) epochs at these learning rates (no schedule, no early stopping, the
     last epoch's weights kept); `val` is then only reported (it may be empty).
+    keep_initial: the weights before training compete too (an initialisation fitted on its own, e.g. in closed
+    form): an epoch is kept only if it validates better; `best_epoch` is -1 when none does.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -325,6 +332,10 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
         sched = None
     hist = History()
     best, best_state, bad = math.inf, None, 0
+    if keep_initial and val and lr_plan is None:
+        best, best_state = validation_loss(model, cfg, val, horizon, trainer.pos_weight), copy.deepcopy(
+            model.state_dict())
+        hist.initial_val_loss = best
     t0 = time.monotonic()
     n_epochs = cfg.epochs if lr_plan is None else len(lr_plan)
     for epoch in range(n_epochs):

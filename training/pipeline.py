@@ -35,9 +35,10 @@ from training.evaluate import (
     forecast_targets,
     predict_stream,
 )
-from training.fit import TrainConfig, fit
+from training.fit import History, TrainConfig, fit
 from training.layout import Stream
-from training.reports import plot_errors, plot_events, plot_forecast, plot_losses, write_metrics
+from training.reports import plot_errors, plot_events, plot_forecast, plot_losses, plot_ridge, write_metrics
+from training.ridge import RidgeFit, fit_nlinear
 
 SECTIONS = {"data", "split", "model", "train", "report", "detectors"}
 
@@ -183,16 +184,21 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         raise ConfigError("train.ensemble > 1 does not combine with model.context (a delay line)")
     if tc.refit and (context or task != "event"):
         raise ConfigError("train.refit is for event models without model.context")
+    if tc.ridge and not context:
+        raise ConfigError("train.ridge solves a delay line's map: it needs model.context")
     members, histories, first_members, refit_histories = [], [], [], []
+    closed_forms: list[dict[str, Any]] = []
     for i in range(tc.ensemble):
         mc = replace(tc, seed=tc.seed + i)
         torch.manual_seed(mc.seed)
         model = build_model(model_cfg)
-        delay = None
-        if context:
-            delay = DelayLine(model, context)
-            delay.parametrize_head()
-        histories.append(fit(model, mc, train, val, delay))
+        delay, closed = _delay_line(model, context, tc.ridge, x, train[0], val[0]) if context else (None, None)
+        if closed is not None:
+            closed_forms.append(closed.to_dict())
+        if closed is not None and mc.epochs == 0:
+            histories.append(History(stopped="closed form only (train.epochs = 0)"))
+        else:
+            histories.append(fit(model, mc, train, val, delay, keep_initial=closed is not None))
         export(model)
         if tc.refit:
             # early stopping on the validation tail chose the epoch count (and its learning rates); the same
@@ -223,6 +229,8 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     metrics: dict[str, Any] = {"task": task, "train_seconds": sum(h.seconds for h in histories + refit_histories),
                                "best_epoch": hist.best_epoch + 1, "epochs_run": len(hist.train_loss),
                                "stopped": hist.stopped}
+    if closed_forms:
+        metrics["closed_form"] = closed_forms[0]
     if tc.refit:
         metrics["refit"] = {"epochs": [len(h.train_loss) for h in refit_histories], "threshold": threshold,
                             "rows": [train[0].lo, val[0].hi],
@@ -245,7 +253,10 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
             metrics["lda_val_accuracy"] = _accuracy(lda_train.logit(val[0].x), val[0], 0.0)
         if first_val_accuracy is not None:
             metrics["val_accuracy_first_fit"] = first_val_accuracy
-    plot_losses(report_dir, hist.to_dict(), refit_histories[0].to_dict() if refit_histories else None)
+    if hist.train_loss:
+        plot_losses(report_dir, hist.to_dict(), refit_histories[0].to_dict() if refit_histories else None)
+    if closed_forms:
+        plot_ridge(report_dir, closed_forms[0]["val_mse_by_ridge"], closed_forms[0]["ridge"])
     meta = {
         "features": spec.to_dict(),
         "normalization": norm.to_dict(),
@@ -269,6 +280,19 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     metrics["total_seconds"] = time.monotonic() - t_start
     write_metrics(report_dir, metrics)
     return metrics
+
+
+def _delay_line(model, context: int, ridges: tuple[float, ...], x: np.ndarray, train: Stream,
+                val: Stream) -> tuple[DelayLine, RidgeFit | None]:
+    """Install the delay line and its NLinear head; with a ridge grid, the head's map solved in closed form."""
+    delay = DelayLine(model, context)
+    head = delay.parametrize_head()
+    if not ridges:
+        return delay, None
+    closed = fit_nlinear(x, (train.lo, train.hi), (val.lo, val.hi), context, model.config.horizon, ridges)
+    with torch.no_grad():
+        head.A.copy_(torch.from_numpy(closed.A).to(head.A))
+    return delay, closed
 
 
 def _forecast_report(model, series, x, val: Stream, test: Stream, horizon: int, spec: FeatureSpec,

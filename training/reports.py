@@ -28,6 +28,25 @@ def _plt():
     return plt
 
 
+def plot_ridge(report_dir: Path, val_mse_by_ridge: dict[str, float], chosen: float) -> Path:
+    """ridge_validation.png: the validation MSE of the closed-form delay map at each ridge, the chosen one marked."""
+    plt = _plt()
+    ridges = sorted(float(r) for r in val_mse_by_ridge)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(ridges, [val_mse_by_ridge[str(r)] for r in ridges], "s-", label="validation MSE")
+    ax.axvline(chosen, color="grey", ls="--", label=f"chosen ({chosen:g})")
+    ax.set_xscale("symlog", linthresh=min([r for r in ridges if r > 0], default=1.0))
+    ax.set_xlabel("ridge penalty")
+    ax.set_ylabel("MSE (z units)")
+    ax.legend()
+    ax.set_title("Closed-form delay map: validation error by ridge")
+    fig.tight_layout()
+    path = report_dir / "ridge_validation.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def plot_losses(report_dir: Path, history: dict[str, Any], refit: dict[str, Any] | None = None) -> Path:
     """loss_curves.png: training and validation loss per epoch, best epoch marked; a refit's training loss too."""
     plt = _plt()
@@ -35,7 +54,9 @@ def plot_losses(report_dir: Path, history: dict[str, Any], refit: dict[str, Any]
     ep = np.arange(1, len(history["train_loss"]) + 1)
     ax.plot(ep, history["train_loss"], "o-", label="train")
     ax.plot(ep, history["val_loss"], "s-", label="validation")
-    if history.get("best_epoch", -1) >= 0:
+    if history.get("initial_val_loss") is not None:  # the weights before training competed too
+        ax.plot([0], [history["initial_val_loss"]], "D", color="tab:orange", label="validation before training")
+    if history.get("best_epoch", -1) >= 0 or history.get("initial_val_loss") is not None:
         ax.axvline(history["best_epoch"] + 1, color="grey", ls="--", label="best (restored)")
     if refit is not None:
         ax.plot(np.arange(1, len(refit["train_loss"]) + 1), refit["train_loss"], "^:",

@@ -3,9 +3,9 @@
 Protocol (../shared/data/README.md): train rows [0, 8640), validation [8640, 11520), test [11520, 14400); z-score
 with the mean and population std of the train rows; all 7 channels in and out; MSE and MAE on z-scored values
 averaged over windows, steps and channels. Training reuses `training.pipeline.run` with examples/ett.toml (only
-the data path, the horizon and optionally the epochs differ); with a checkpoint, the model is run over the series
-from row 0 in one stateful causal pass (`training.evaluate.predict_stream`, as served) and scored on the same
-windows as the trained path. The metrics come from the same functions in both paths.
+the data path, the horizon and optionally the epochs differ). Either way the checkpoint is run over the series
+from row 0 through the daemon's engine (`served_forecasts`: Engine.step chunk after chunk, state carried), and
+scored on the protocol's test windows with the training report's metric functions.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, horizon: int, out_dir: Pat
     from streamer import checkpoints
     from training.baselines import forecast_baselines
     from training.data import FeatureSpec, Normalizer, load_csv, split_rows
-    from training.evaluate import forecast_metrics, forecast_origins, forecast_targets, predict_stream
-    from training.layout import Stream
+    from training.evaluate import forecast_metrics, forecast_origins, forecast_targets
 
     model, meta = checkpoints.load(checkpoint, expect_features=list(CHANNELS))
     if int(meta["horizon"]) < horizon:
@@ -52,7 +51,7 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, horizon: int, out_dir: Pat
     x = norm.apply(series.values)
     same = bool(np.allclose(norm.mean, meta["normalization"]["mean"], rtol=1e-4)
                 and np.allclose(norm.std, meta["normalization"]["std"], rtol=1e-4))
-    out = predict_stream(model, Stream("ett", x), end=TEST[1], heads=("forecast",))["forecast"][:, :horizon]
+    out = served_forecasts(model, x, TEST[1])[:, :horizon]
     org = forecast_origins(TEST[0], TEST[1], horizon)
     target = forecast_targets(x, org, horizon)
     m = forecast_metrics(out[org], target)
@@ -61,6 +60,21 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, horizon: int, out_dir: Pat
     if out_dir is not None:
         plot_windows(Path(out_dir), x, out, org, horizon, Path(data).stem)
     return metrics
+
+
+def served_forecasts(model: Any, x: np.ndarray, end: int, chunk: int = 1024) -> np.ndarray:
+    """Forecasts [end, horizon, F] for rows [0, end) as the daemon serves them: `Engine.step` chunk after chunk
+    on one stream, its state carried by the engine's store (any chunking gives the same forecasts)."""
+    from streamer.engine import Chunk, Engine
+
+    engine = Engine.from_model(model, capacity=1, device="cpu")
+    parts = []
+    for a in range(0, end, chunk):
+        b = min(a + chunk, end)
+        hours = np.arange(a, b, dtype=np.int64) * 3_600_000
+        (result,) = engine.step([Chunk("ett", hours, np.ascontiguousarray(x[a:b], dtype=np.float32))])
+        parts.append(np.array(result.outputs["forecast"], dtype=np.float32))
+    return np.concatenate(parts)
 
 
 def plot_windows(out_dir: Path, x: np.ndarray, out: np.ndarray, org: np.ndarray, horizon: int,
