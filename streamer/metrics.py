@@ -172,6 +172,11 @@ class Metrics:
         self.forecast_error.labels(version)
         self.anomaly_score.labels(version)
 
+    def stepped(self, seconds: float, readings: int) -> None:
+        """One engine step's duration and size."""
+        self.step_seconds.observe(seconds)
+        self.batch_readings.observe(readings)
+
     def observe_model_health(self, version: str, errors: np.ndarray | None, scores: np.ndarray | None,
                              alerts: list[dict[str, Any]]) -> None:
         """One step's forecast errors and anomaly scores (of model `version`) and the alerts it opened."""

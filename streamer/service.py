@@ -9,19 +9,14 @@ loop rewinds to the last commit, backs off, reconnects and restores.
 
 from __future__ import annotations
 
-import collections
-import hashlib
-import itertools
-import json
 import logging
 import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
@@ -30,7 +25,7 @@ from streamer.changelog import ChangelogRestorer, ColdStore
 from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors, pipeline_config
 from streamer.engine import Engine, initial_state_of
-from streamer.errors import CheckpointError, ConfigError, InvalidRecord, KafkaUnavailable
+from streamer.errors import CheckpointError, ConfigError, KafkaUnavailable
 from streamer.heap import BatchCollector
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import (
@@ -44,7 +39,7 @@ from streamer.model_source import (
     wrap_model,
 )
 from streamer.models import RecurrentModel
-from streamer.schema import dead_letter, encode, json_safe, parse
+from streamer.processor import Pending, Processor
 from streamer.transport import (
     Committer,
     OutRecord,
@@ -64,10 +59,6 @@ from streamer.tuning import serving_process
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0  # consumer lag is asked of the broker this often: a metadata round trip, not worth every batch
 TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker answers it at once when data waits)
-_G9 = "{:.9g}".format  # 9 significant digits; mapped, a third cheaper than an f-string in a comprehension
-_NO_EXTRA: dict = {}  # the extras of a stream without any (read only)
-MAX_DEAD_LETTER_KEY = 1024  # a longer input key is replaced by its sha256 in the dead letter, which must fit
-LATENCY_SAMPLES = 64  # record timestamps observed per commit: a sample, as observing every record is costly
 STARTUP_BACKOFF_S = (0.5, 5.0)  # first and longest wait between attempts to reach the cluster at start-up
 # first and longest wait before a new session after a Kafka failure: quick for a blip, gentle on a broker down
 SESSION_BACKOFF_S = (1.0, 30.0)
@@ -86,29 +77,6 @@ class LoopStats:
     cold_loads: int = 0
     rewinds: int = 0
     reloads: int = 0
-
-
-@dataclass
-class _Pending:
-    """Work done since the last commit."""
-
-    records: list[OutRecord] = field(default_factory=list)
-    offsets: dict = field(default_factory=dict)
-    changed: dict[str, int] = field(default_factory=dict)  # stream -> changelog partition
-    kinds: collections.Counter = field(default_factory=collections.Counter)
-    reasons: collections.Counter = field(default_factory=collections.Counter)
-    out_of_order: collections.Counter = field(default_factory=collections.Counter)
-    readings: int = 0
-    stamps: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of a sample of input records
-
-    def __bool__(self) -> bool:
-        return bool(self.records or self.offsets)
-
-
-def _pieces(first: int, stop: int, every: int, per_record: int) -> list[tuple[int, int]]:
-    """(start, stop) of consecutive slices of range(first, stop, every) with at most `per_record` items each."""
-    step = every * per_record
-    return [(lo, min(stop, lo + step)) for lo in range(first, stop, step)]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -157,8 +125,9 @@ class Service:
         self.cold = ColdStore(settings.engine.state_dir)
         self.engine = self._make_engine(self.served)
         self.detectors = self._make_detectors(self.served)
-        self._firing: set[str] = set()  # streams with an open anomaly alert
-        self.partition_of: dict[str, int] = {}  # resident stream -> its input (and changelog) partition
+        self.processor = Processor(settings, self.served, self.engine, self.detectors, hooks=self.metrics,
+                                   partition_for=partition_for)
+        self.partition_of = self.processor.partition_of  # resident stream -> its input (and changelog) partition
         self.stats = LoopStats()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
@@ -173,14 +142,11 @@ class Service:
         self.http = http  # the endpoints, when opened before the service (else run() opens them)
         self._reason = "starting"  # why /readyz says not ready
         self._answered = False  # a bootstrap server accepted a connection in the last start-up attempt
-        self._pending = _Pending()
         self._committer: CommitSink | None = None
-        self._inflight: tuple[_Pending, int, float] | None = None  # the commit running: work, states, start
+        self._inflight: tuple[Pending, int, float] | None = None  # the commit running: work, states, start
         self._failure: BaseException | None = None
         self._rebalances = 0  # partitions revoked so far (a batch polled across a revocation is void)
         self._evictions_seen = 0
-        self._forecast_partitions = 1
-        self._forecast_keys: dict[str, tuple[bytes, int, str]] = {}  # stream -> its forecasts' key, partition, head
         self.metrics.set_model(self.served.name, self.served.version, self.served.family)
         if http is not None:
             http.bind(self.alive, self.ready.is_set, self.not_ready_reason)
@@ -226,12 +192,12 @@ class Service:
         else:  # old states mean nothing to the new model: every stream starts again (and warms up)
             self.engine.store.clear()
             self.cold.clear()
-            self.partition_of.clear()
-            self._firing.clear()
+            self.processor.clear_streams()
             self.engine = self._make_engine(new)
             self._evictions_seen = 0
         self.served = new
         self.detectors = self._make_detectors(new)
+        self.processor.use(new, self.engine, self.detectors)
         self.stats.reloads += 1
         self.metrics.set_model(new.name, new.version, new.family)
         log.info("model reloaded", extra={"model": new.name, "version": new.version, "states_kept": keep})
@@ -272,8 +238,7 @@ class Service:
         })
         if k.changelog not in created:  # one the daemon just created has its configs
             self._check_changelog_configs()
-        self._forecast_partitions = partition_count(k, k.forecast_topic)
-        self._forecast_keys.clear()
+        self.processor.set_forecast_partitions(partition_count(k, k.forecast_topic))
         have = partition_count(k, k.changelog)
         if have != n:
             raise ConfigError(f"STREAMER_KAFKA__CHANGELOG_TOPIC: {k.changelog} has {have} partitions, "
@@ -444,7 +409,7 @@ class Service:
                     records = self.top_up(consumer, records, max_records)
                 if records:
                     self.process(records)
-                    self._pending.offsets.update(next_offsets(records))
+                    self.processor.pending.offsets.update(next_offsets(records))
                     self.last_progress = now
                 self.stats.polls += 1
                 self._after_poll(consumer, now, timers, bool(records))
@@ -463,7 +428,7 @@ class Service:
         """What the loop does after each poll besides processing: commit on the interval, account for a finished
         commit, collect garbage, evict idle streams, check silence, export gauges, look for a new checkpoint."""
         e, m = self.settings.engine, self.settings.model
-        if self._pending and now - timers["commit"] >= self.settings.kafka.commit_interval_ms / 1000:
+        if self.processor.pending and now - timers["commit"] >= self.settings.kafka.commit_interval_ms / 1000:
             self.commit()
             timers["commit"] = now
         elif self._inflight is not None and self._committer.idle():
@@ -475,7 +440,7 @@ class Service:
         if e.idle_ttl_s is not None:
             self.engine.store.evict_idle(time.time())
         if self.detectors.silence is not None and now - timers["silence"] >= 1.0:
-            self._check_silence()
+            self.processor.check_silence(int(time.time() * 1000))
             timers["silence"] = now
         if self._lag_due or now - timers["lag"] >= LAG_EVERY_S:
             self._update_gauges(consumer)
@@ -570,12 +535,10 @@ class Service:
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""
         self._reason = "reconnecting after a Kafka failure"
-        self._pending = _Pending()
+        self.processor.reset()
         self._inflight = None
         self.engine.store.clear()
         self.cold.clear()
-        self.partition_of.clear()
-        self._firing.clear()
         self._failure = None
 
     def stop(self) -> None:
@@ -649,11 +612,7 @@ class Service:
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the state of streams whose partitions were revoked (their owner restores it from the changelog)."""
-        gone = [s for s, p in self.partition_of.items() if p in partitions]
-        self.engine.store.drop(gone)
-        for s in gone:
-            del self.partition_of[s]
-            self._firing.discard(s)
+        self.processor.forget_partitions(partitions)
         self.cold.drop_partitions(partitions)
 
     def _on_evict(self, stream: str, blob: bytes) -> None:
@@ -669,235 +628,12 @@ class Service:
 
     # -- processing ---------------------------------------------------------------------------------
     def process(self, records: list) -> None:
-        """Decode records, step every stream in one batch, and queue forecasts, state and dead letters."""
-        k, p = self.settings.kafka, self._pending
-        served, store = self.served, self.engine.store
-        n_features = served.model.config.n_features
-        now_ms = int(time.time() * 1000)
-        ts_range = (self.settings.engine.min_ts_ms, now_ms + int(self.settings.engine.max_future_s * 1000))
-        step = max(1, len(records) // LATENCY_SAMPLES)
-        p.stamps.extend(r.timestamp for r in records[::step] if r.timestamp is not None and r.timestamp >= 0)
-
-        def reject(r, reason: str, detail: str) -> None:
-            key = r.key if r.key is None or len(r.key) <= MAX_DEAD_LETTER_KEY else hashlib.sha256(r.key).digest()
-            p.records.append(OutRecord(k.dead_letter_topic, key, dead_letter(
-                r.value, reason, detail, r.topic, r.partition, r.offset, k.dead_letter_original_bytes)))
-            p.reasons[reason] += 1
-
-        decoded = []
-        partition_of, append = self.partition_of, decoded.append
-        channels, max_bytes = served.channels, k.max_record_bytes
-        for r in records:
-            try:
-                stream, ts, rows, is_chunk = parse(r.value, n_features, channels, max_bytes, ts_range)
-                key = r.key
-                if key is not None and key != stream.encode():
-                    raise InvalidRecord("key_mismatch", f"key {key!r} differs from stream {stream!r}")
-            except InvalidRecord as exc:
-                reject(r, exc.reason, exc.detail)
-                continue
-            except Exception as exc:  # noqa: BLE001 (a poison record costs one dead letter, whatever it raises)
-                reject(r, "undecodable", f"{type(exc).__name__}: {exc}")
-                continue
-            append((r, stream, ts, rows, is_chunk))
-            partition_of[stream] = r.partition
-        if not decoded:
-            return
-        streams = list(dict.fromkeys(d[1] for d in decoded))
-        wall = time.time()
-        store.slots(streams, wall)  # resident (and loaded from the cold store) before their last ts is read
-        get_extra = store.get_extra
-        last = {s: (get_extra(s) or _NO_EXTRA).get("ts", -1) for s in streams}
-        # per stream: its timestamps, rows, and (readings, chunk?) of each accepted record, in arrival order
-        groups: dict[str, tuple[list[int], list[list[float]], list[tuple[int, bool]]]] = {}
-        # Arrival order decides: a reading not after its stream's last one is refused, however polls fall.
-        for r, stream, ts, rows, is_chunk in decoded:
-            first, prev = ts[0], last[stream]
-            if first <= prev:
-                kind = "duplicate" if first == prev else "late"
-                p.out_of_order[kind] += 1
-                reject(r, "duplicate_ts" if kind == "duplicate" else "out_of_order",
-                       f"timestamp {first} is not after the stream's last one, {prev}")
-                continue
-            last[stream] = ts[-1]
-            g = groups.get(stream)
-            if g is None:
-                groups[stream] = g = ([], [], [])
-            g[0].extend(ts)
-            g[1].extend(rows)
-            g[2].append((len(ts), is_chunk))
-        if not groups:
-            return
-        # Whole-batch arrays grouped by stream (each stream's readings in time order), normalised once.
-        order = list(groups)
-        offsets = np.zeros(len(order) + 1, dtype=np.int64)
-        np.cumsum([len(g[0]) for g in groups.values()], out=offsets[1:])
-        chain = itertools.chain.from_iterable
-        ts_arr = np.fromiter(chain(g[0] for g in groups.values()), dtype=np.int64, count=int(offsets[-1]))
-        # Every row has n_features values (parse checked them): fromiter is 4x faster than np.array of the rows.
-        values = (np.fromiter(chain(chain(g[1] for g in groups.values())), dtype=np.float32,
-                              count=int(offsets[-1]) * n_features).reshape(-1, n_features) - served.mean) / served.std
-        records_of = {s: g[2] for s, g in groups.items()}
-        started = time.perf_counter()
-        results = self.engine.step_grouped(order, offsets, ts_arr, values, now=wall)
-        self.metrics.step_seconds.observe(time.perf_counter() - started)
-        n_readings = int(results.offsets[-1])
-        self.metrics.batch_readings.observe(n_readings)
-        seen = self._advance_streams(results)
-        self._queue_forecasts(results, records_of, seen)
-        if self.detectors.active:
-            found = self.detectors.step(results, store)
-            self.metrics.observe_model_health(served.version, found.errors, found.scores, found.alerts)
-            self._queue_messages(found.alerts, k.alert_topic, "alert")
-            self._queue_messages(found.events, k.event_topic, "event")
-        for s in results.streams:
-            p.changed[s] = self.partition_of[s]
-        p.readings += n_readings
-
-    def _advance_streams(self, results) -> list[int]:
-        """Each stepped stream's reading count and last timestamp, which the order check and the forecast cadence
-        read, whatever outputs the model has; returns each stream's count before this step."""
-        extra_for, ts = self.engine.store.extra_for, results.ts
-        offsets = results.offsets.tolist()
-        before = []
-        for stream, a, b in zip(results.streams, offsets[:-1], offsets[1:], strict=True):
-            extra = extra_for(stream)
-            n = extra.get("n", 0)
-            before.append(n)
-            extra["n"] = n + b - a
-            extra["ts"] = int(ts[b - 1])
-        return before
-
-    def _queue_forecasts(self, results, records_of: dict[str, list[tuple[int, bool]]], seen_before: list[int]) -> None:
-        """Forecasts on the cadence (every forecast_every-th reading of a stream), one record per stream per
-        batch with a list per field ("batch"), or mirroring the input ("input": a reading record yields one
-        forecast record, a chunk record one record with a list per field).
-
-        Which readings get a forecast, and every forecast's content, depend only on the input, never on how
-        polls fall (the numbers up to float32 rounding: torch's CPU kernels may round a row differently in
-        calls of different sizes); "batch" groups them by poll (a replay after a crash may group them
-        differently), "input" publishes the same records again.
-        """
-        k, p, served = self.settings.kafka, self._pending, self.served
-        if served.head is None:  # an event-only model: its events are its outputs
-            return
-        every = self.settings.output.forecast_every
-        by_input = self.settings.output.forecast_records == "input"
-        y = results.outputs[served.head]
-        y = y.reshape(y.shape[0], -1, served.model.config.n_features) * served.std + served.mean
-        finite = bool(np.isfinite(y).all())
-        offsets = results.offsets.tolist()
-        ts_all = results.ts.tolist()
-        # The hot path assembles JSON from pieces, about 4x faster than json.dumps of a dict. Numbers have 9
-        # significant digits, all a float32 model output holds (a float32 round-trips through 9), in half the
-        # time of repr's 17; a diverging model's non-finite numbers become null.
-        tail = f',"model":{json.dumps(served.name)},"version":{json.dumps(served.version)}}}'
-        n_values, width = y.shape[1] * y.shape[2], y.shape[2]
-        if finite and n_values == 1:  # one value per forecast: no nested lists to build
-            texts = list(map(_G9, y.ravel().tolist()))  # a finite float in g format is valid JSON
-
-            def many(sl: slice) -> str:
-                return "[[[" + "]],[[".join(texts[sl]) + "]]]"
-
-            def one(j: int) -> str:
-                return f"[[{texts[j]}]]"
-        elif finite:  # only the picked readings' forecasts are formatted (forecast_every may skip most)
-            flat = y.reshape(y.shape[0], n_values).tolist()
-
-            def one(j: int) -> str:
-                texts = list(map(_G9, flat[j]))
-                return "[[" + "],[".join(",".join(texts[h:h + width]) for h in range(0, n_values, width)) + "]]"
-
-            def many(sl: slice) -> str:
-                return "[" + ",".join(map(one, range(*sl.indices(len(flat))))) + "]"
-        else:
-            rows = y.tolist()
-
-            def many(sl: slice) -> str:
-                return json.dumps(json_safe(rows[sl]))
-
-            def one(j: int) -> str:
-                return json.dumps(json_safe(rows[j]))
-        topic, n_parts, out, kinds = k.forecast_topic, self._forecast_partitions, p.records, p.kinds
-        # Forecasts per record, so that one stream's batch (a chunk of 50k readings, say) never makes a record
-        # the topic refuses: a refused record would fail every retry of the same work.
-        per_record = max(1, self.settings.output.max_forecast_record_bytes // (n_values * 16 + 48))
-        if not by_input:  # one record per stream and batch: the hot path, without per-record spans
-            keys, append = self._forecast_keys, out.append
-            published = 0
-            for stream, a, b, seen in zip(results.streams, offsets[:-1], offsets[1:], seen_before, strict=True):
-                first = a + (every - seen % every) - 1  # its first reading on the cadence
-                if first < b:
-                    key, part, head = keys.get(stream) or self._forecast_key(stream, n_parts)
-                    for lo, hi in _pieces(first, b, every, per_record):
-                        ns = list(range(seen + lo - a + 1, seen + hi - a + 1, every))
-                        value = f'{head}{ts_all[lo:hi:every]},"n":{ns},"forecast":{many(slice(lo, hi, every))}{tail}'
-                        append(OutRecord(topic, key, value.encode(), part))
-                        published += 1
-            kinds["forecast"] += published
-            return
-        for i, stream in enumerate(results.streams):
-            a, b, seen = offsets[i], offsets[i + 1], seen_before[i]
-            # (first row, end row, as a list?) of each input record, in the batch arrays: one forecast record each
-            spans, start = [], a
-            for size, is_chunk in records_of[stream]:
-                spans.append((start, start + size, is_chunk))
-                start += size
-            key = part = head = None
-            for start, end, as_list in spans:
-                n0 = seen + start - a  # readings of the stream before this span
-                picks = range(start + (every - n0 % every) - 1, end, every)
-                if not picks:
-                    continue
-                if key is None:  # once per stream, not per record
-                    key, part, head = self._forecast_key(stream, n_parts)
-                if as_list:
-                    for lo, hi in _pieces(picks.start, picks.stop, every, per_record):
-                        ns = range(seen + lo - a + 1, seen + hi - a + 1, every)
-                        value = (f'{head}{ts_all[lo:hi:every]},"n":{list(ns)},'
-                                 f'"forecast":{many(slice(lo, hi, every))}{tail}')
-                        out.append(OutRecord(topic, key, value.encode(), part))
-                        kinds["forecast"] += 1
-                else:
-                    j = picks[0]
-                    value = f'{head}{ts_all[j]},"n":{seen + j - a + 1},"forecast":{one(j)}{tail}'
-                    out.append(OutRecord(topic, key, value.encode(), part))
-                    kinds["forecast"] += 1
-
-    def _forecast_key(self, stream: str, n_parts: int) -> tuple[bytes, int, str]:
-        """A stream's forecast record key, partition and JSON head; remembered (murmur2 and json.dumps cost
-        ~9 us a stream, every batch), and forgotten wholesale past the state capacity, so it stays bounded."""
-        found = self._forecast_keys.get(stream)
-        if found is None:
-            if len(self._forecast_keys) >= self.settings.engine.capacity:
-                self._forecast_keys.clear()
-            key = stream.encode()
-            found = self._forecast_keys[stream] = (key, partition_for(key, n_parts),
-                                                   f'{{"stream":{json.dumps(stream)},"ts":')
-        return found
-
-    def _queue_messages(self, messages: list[dict], topic: str, kind: str) -> None:
-        """Alert or event messages to publish, keyed by stream; tracks which alerts are open."""
-        p = self._pending
-        for msg in messages:
-            p.records.append(OutRecord(topic, msg["stream"].encode(), encode(msg)))
-            if kind == "alert":
-                if msg["state"] == "firing":
-                    self._firing.add(msg["stream"])
-                elif msg["state"] == "resolved":
-                    self._firing.discard(msg["stream"])
-        p.kinds[kind] += len(messages)
-
-    def _check_silence(self) -> None:
-        """Publish 'silent' events for resident streams whose readings stopped (their state changes too)."""
-        events, changed = self.detectors.check_silence(self.engine.store, int(time.time() * 1000))
-        self._queue_messages(events, self.settings.kafka.event_topic, "event")
-        for s in changed:
-            self._pending.changed[s] = self.partition_of[s]
+        """One poll's records through the processor: outputs and changed streams wait for the next commit."""
+        self.processor.process(records)
 
     def pending_records(self) -> list[OutRecord]:
         """The outputs queued since the last commit (forecasts, alerts, events, dead letters), in order."""
-        return list(self._pending.records)
+        return list(self.processor.pending.records)
 
     def _report_fast_paths(self, in_use: dict[str, bool]) -> None:
         """The streamer_kafka_fast_path gauge, and a warning per fast path the installed kafka-python rules out."""
@@ -915,7 +651,7 @@ class Service:
     def commit(self, wait: bool = False) -> None:
         """Hand the pending outputs, the state of every changed stream and the offsets to the committer, to be
         committed atomically while the loop goes on; with `wait`, return only once all of it is committed."""
-        p = self._pending
+        p = self.processor.pending
         if p and self._committer is not None:
             k, store = self.settings.kafka, self.engine.store
             resident = [s for s in p.changed if s in store]
@@ -928,8 +664,7 @@ class Service:
                         state.append(OutRecord(k.changelog, s.encode(), found[1], p.changed[s]))
             self._settle()
             self._committer.start(p.records + state, p.offsets)
-            self._inflight = (p, len(state), time.perf_counter())
-            self._pending = _Pending()
+            self._inflight = (self.processor.take(), len(state), time.perf_counter())
         if wait:
             self._settle()
 
@@ -975,7 +710,7 @@ class Service:
         m.evictions.inc(evictions - self._evictions_seen)
         self._evictions_seen = evictions
         m.active_streams.set(len(self.engine.store))
-        m.alerts_firing.set(len(self._firing))
+        m.alerts_firing.set(len(self.processor.firing))
         self.stats.commits += 1
         self.stats.readings += p.readings
         self.stats.outputs += sum(p.kinds.values())

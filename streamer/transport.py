@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -25,21 +25,13 @@ from kafka.structs import OffsetAndMetadata
 from streamer import record_reader
 from streamer.config import KafkaSettings
 from streamer.errors import ConfigError, KafkaUnavailable
+from streamer.schema import OutRecord  # the records the daemon publishes (defined with their wire formats)
 
 if TYPE_CHECKING:  # kafka-python internals, named in annotations only: the code runs where they differ
     from kafka.producer.transaction_manager import TransactionalRequestResult
     from kafka.structs import ConsumerGroupMetadata
 
 log = logging.getLogger(__name__)
-
-
-class OutRecord(NamedTuple):
-    """One record to publish: topic, key (stream id), the encoded value, and the partition when known."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    partition: int | None = None
 
 
 def partition_for(key: bytes, partitions: int) -> int:
