@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KAFKA_PORT ?= 19092
 export KAFKA_PORT
 
-.PHONY: install demo test test-fast lint kafka-up kafka-down bench docs builtin-model clean
+.PHONY: install demo test test-fast lint kafka-up kafka-down bench bench-peers docs builtin-model clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
@@ -50,5 +50,15 @@ builtin-model: install
 bench: install
 	$(PY) -m benchmarks.engine --quick
 
+# The daemon beside Quix Streams, River and a hand-written loop (benchmarks/peers.py). The peers' extra pins its own
+# pydantic, so it lives in a side environment that reads everything else (torch, kafka-python) from $(VENV).
+PEERS_VENV := .venv-peers
+bench-peers: install
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['peers']))")
+	$(VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(PEERS_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/streamer-venv.pth"
+	$(PY) -m benchmarks.peers --python $(PEERS_VENV)/bin/python $(PEERS_ARGS)
+
 clean: kafka-down
-	rm -rf $(VENV) deploy/local-kafka/.jars .pytest_cache .hypothesis
+	rm -rf $(VENV) $(PEERS_VENV) deploy/local-kafka/.jars .pytest_cache .hypothesis

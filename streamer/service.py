@@ -15,13 +15,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
 from streamer import record_reader
 from streamer.changelog import ChangelogRestorer, ColdStore
+from streamer.committing import Commits, CommitSink
 from streamer.config import Settings, resolve_device, resolve_threads
 from streamer.detection import StreamDetectors, pipeline_config
 from streamer.engine import Engine, initial_state_of
@@ -92,22 +92,6 @@ class _Rebalance(ConsumerRebalanceListener):
         self.service.on_assigned(assigned)
 
 
-class CommitSink(Protocol):
-    """What the loop commits through: `Committer` on Kafka, a stand-in without a broker."""
-
-    def start(self, records: list[OutRecord], offsets: dict) -> None:
-        """Begin committing the records and offsets atomically, in the background."""
-
-    def wait(self) -> bool:
-        """Wait for the commit in flight (raising its failure); whether there was one."""
-
-    def idle(self) -> bool:
-        """Whether no commit is in flight."""
-
-    def close(self) -> None:
-        """Finish the commit in flight and release the clients."""
-
-
 class Service:
     """Consumes readings, keeps each stream's state across polls, publishes forecasts; exactly once."""
 
@@ -142,8 +126,7 @@ class Service:
         self.http = http  # the endpoints, when opened before the service (else run() opens them)
         self._reason = "starting"  # why /readyz says not ready
         self._answered = False  # a bootstrap server accepted a connection in the last start-up attempt
-        self._committer: CommitSink | None = None
-        self._inflight: tuple[Pending, int, float] | None = None  # the commit running: work, states, start
+        self.commits = Commits(self._account, self._commit_failed)
         self._failure: BaseException | None = None
         self._rebalances = 0  # partitions revoked so far (a batch polled across a revocation is void)
         self._evictions_seen = 0
@@ -388,8 +371,8 @@ class Service:
         producer = make_producer(k, self.transactional_id() if k.exactly_once else None)
         self._restorer = ChangelogRestorer(k, k.changelog, self.cold, consumer)
         try:
-            self._committer = Committer(consumer, producer, k.exactly_once)
-            self._report_fast_paths({"decode": record_reader.installed(consumer), **self._committer.fast_paths()})
+            committer = self.commits.sink = Committer(consumer, producer, k.exactly_once)
+            self._report_fast_paths({"decode": record_reader.installed(consumer), **committer.fast_paths()})
             if k.input_pattern:
                 consumer.subscribe(pattern=k.input_pattern, listener=_Rebalance(self))
             else:
@@ -416,10 +399,7 @@ class Service:
             self.commit(wait=True)
         finally:
             self._set_ready(False)
-            if self._committer is not None:  # a failed session: join the commit in flight, then close
-                self._committer.close()
-            self._committer = None
-            self._inflight = None
+            self.commits.close()  # a failed session: join the commit in flight, then close
             self._restorer.close()
             consumer.close(autocommit=False)
             producer.close(timeout=10)
@@ -431,8 +411,8 @@ class Service:
         if self.processor.pending and now - timers["commit"] >= self.settings.kafka.commit_interval_ms / 1000:
             self.commit()
             timers["commit"] = now
-        elif self._inflight is not None and self._committer.idle():
-            self._settle()  # account for a finished commit without waiting for the next one
+        else:
+            self.commits.settle_if_done()  # account for a finished commit without waiting for the next one
         if self.collector is not None:
             if self.stats.commits:
                 self.collector.settle()
@@ -536,7 +516,7 @@ class Service:
         """Forget everything since the last commit; the next session restores from the changelog."""
         self._reason = "reconnecting after a Kafka failure"
         self.processor.reset()
-        self._inflight = None
+        self.commits.abandon()
         self.engine.store.clear()
         self.cold.clear()
         self._failure = None
@@ -646,27 +626,31 @@ class Service:
     def use_committer(self, committer: CommitSink) -> None:
         """Commit through `committer` instead of a Kafka transaction (benchmarks and tests without a broker); a
         session with the cluster replaces it with its own."""
-        self._committer = committer
+        self.commits.sink = committer
 
     def commit(self, wait: bool = False) -> None:
         """Hand the pending outputs, the state of every changed stream and the offsets to the committer, to be
         committed atomically while the loop goes on; with `wait`, return only once all of it is committed."""
         p = self.processor.pending
-        if p and self._committer is not None:
-            k, store = self.settings.kafka, self.engine.store
-            resident = [s for s in p.changed if s in store]
-            state = [OutRecord(k.changelog, s.encode(), blob, p.changed[s])
-                     for s, blob in zip(resident, store.snapshot_each(resident), strict=True)]
-            for s in p.changed:
-                if s not in store:  # evicted since it changed: its latest state went to the cold store
-                    found = self.cold.get(s)
-                    if found is not None:
-                        state.append(OutRecord(k.changelog, s.encode(), found[1], p.changed[s]))
-            self._settle()
-            self._committer.start(p.records + state, p.offsets)
-            self._inflight = (self.processor.take(), len(state), time.perf_counter())
+        if p and self.commits.sink is not None:
+            state = self._state_records(p)
+            self.commits.settle()  # a failure here leaves the work pending (the loop rewinds it)
+            self.commits.start(self.processor.take(), state)
         if wait:
-            self._settle()
+            self.commits.settle()
+
+    def _state_records(self, p: Pending) -> list[OutRecord]:
+        """The changelog records of the streams the pending work changed: their latest snapshots."""
+        k, store = self.settings.kafka, self.engine.store
+        resident = [s for s in p.changed if s in store]
+        state = [OutRecord(k.changelog, s.encode(), blob, p.changed[s])
+                 for s, blob in zip(resident, store.snapshot_each(resident), strict=True)]
+        for s in p.changed:
+            if s not in store:  # evicted since it changed: its latest state went to the cold store
+                found = self.cold.get(s)
+                if found is not None:
+                    state.append(OutRecord(k.changelog, s.encode(), found[1], p.changed[s]))
+        return state
 
     def _commit_failed(self, exc: BaseException) -> None:
         """Count a failed commit; past the configured number in a row the instance reports itself unhealthy."""
@@ -679,22 +663,13 @@ class Service:
                 "failed_commits_in_row": self.failed_commits_in_row, "error": repr(exc),
                 "setting": "STREAMER_METRICS__UNHEALTHY_AFTER_FAILED_COMMITS"})
 
-    def _settle(self) -> None:
-        """Wait for the commit in flight (raising its failure) and count what it published."""
-        if self._inflight is None or self._committer is None:
-            return
-        p, n_state, started = self._inflight
-        self._inflight = None
-        try:
-            self._committer.wait()
-        except Exception as exc:
-            self._commit_failed(exc)
-            raise
+    def _account(self, p: Pending, n_state: int, seconds: float) -> None:
+        """A commit settled: count what it published (metrics and the loop's counters)."""
         self.failed_commits_in_row = 0
         self.metrics.failed_commits_in_row.set(0)
         done = time.time()
         m = self.metrics
-        m.commit_seconds.observe(time.perf_counter() - started)
+        m.commit_seconds.observe(seconds)
         m.readings.inc(p.readings)
         for kind, n in p.kinds.items():
             m.outputs.labels(kind).inc(n)
