@@ -246,23 +246,24 @@ class Processor:
         enc = ForecastEncoder(served.name, served.version, o.forecast_every, o.forecast_records == "input",
                               o.max_forecast_record_bytes)
         every = enc.every
-        published = 0
+        published, keys = 0, self._forecast_keys
         for stream, a, b, seen in zip(results.streams, offsets[:-1], offsets[1:], seen_before, strict=True):
             if enc.by_input:
                 spans, start = [], a  # (first row, end row, chunk?) of each input record of the stream
                 for size, is_chunk in records_of[stream]:
                     spans.append((start, start + size, is_chunk))
                     start += size
-                values = enc.per_input(text, self._forecast_key(stream)[2], ts_all, spans, a, seen)
+                key, part, head = keys.get(stream) or self._forecast_key(stream)
+                values = enc.per_input(text, head, ts_all, spans, a, seen)
             else:
                 first = a + (every - seen % every) - 1  # its first reading on the cadence
                 if first >= b:
                     continue
-                values = enc.per_stream(text, self._forecast_key(stream)[2], ts_all, first, b, a, seen)
-            if values:
-                key, part, _ = self._forecast_key(stream)
-                out.extend(OutRecord(topic, key, v, part) for v in values)
-                published += len(values)
+                key, part, head = keys.get(stream) or self._forecast_key(stream)
+                values = enc.per_stream(text, head, ts_all, first, b, a, seen)
+            for v in values:
+                out.append(OutRecord(topic, key, v, part))
+            published += len(values)
         self.pending.kinds["forecast"] += published
 
     def _forecast_key(self, stream: str) -> tuple[bytes, int, str]:
