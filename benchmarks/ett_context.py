@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from streamer.evaluation.ett import CHANNELS, TEST, TRAIN, VAL
 from training import ridge as rg
 from training.data import FeatureSpec, Normalizer, load_csv, split_rows
 
 CONTEXTS = (96, 192, 336, 512, 720)  # the declared space: the lengths the forecasting papers compare
 ROOT = Path(__file__).resolve().parents[1]
-CHANNELS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
-TRAIN, VAL, TEST = (0, 8640), (8640, 11520), (11520, 14400)
 
 
 def run(data: Path, contexts: tuple[int, ...], ridges: tuple[float, ...], horizon: int) -> dict[str, Any]:

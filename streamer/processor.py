@@ -131,10 +131,11 @@ class Processor:
         p = self.pending
         step = max(1, len(records) // LATENCY_SAMPLES)
         p.stamps.extend(r.timestamp for r in records[::step] if r.timestamp is not None and r.timestamp >= 0)
-        groups = self._in_order(self._decode(records))
+        wall = time.time()
+        groups = self._in_order(self._decode(records, wall), wall)
         if not groups:
             return
-        results = self._step(groups)
+        results = self._step(groups, wall)
         seen = self._advance_streams(results)
         self._queue_forecasts(results, {s: g[2] for s, g in groups.items()}, seen)
         if self.detectors.active:
@@ -155,10 +156,10 @@ class Processor:
             r.value, reason, detail, r.topic, r.partition, r.offset, k.dead_letter_original_bytes)))
         p.reasons[reason] += 1
 
-    def _decode(self, records: list) -> list[tuple[Any, str, list[int], list[list[float]], bool]]:
+    def _decode(self, records: list, wall: float) -> list[tuple[Any, str, list[int], list[list[float]], bool]]:
         """(record, stream, timestamps, rows, chunk?) of every valid record; the others are dead-lettered."""
         e, k = self.settings.engine, self.settings.kafka
-        ts_range = (e.min_ts_ms, int(time.time() * 1000) + int(e.max_future_s * 1000))
+        ts_range = (e.min_ts_ms, int(wall * 1000) + int(e.max_future_s * 1000))
         n_features, channels = self.served.model.config.n_features, self.served.channels
         decoded, partition_of = [], self.partition_of
         for r in records:
@@ -176,13 +177,14 @@ class Processor:
             partition_of[stream] = r.partition
         return decoded
 
-    def _in_order(self, decoded: list) -> dict[str, tuple[list[int], list[list[float]], list[tuple[int, bool]]]]:
+    def _in_order(self, decoded: list,
+                  wall: float) -> dict[str, tuple[list[int], list[list[float]], list[tuple[int, bool]]]]:
         """Per stream: its timestamps, rows, and (readings, chunk?) of each accepted record, in arrival order.
 
         Arrival order decides: a record whose first reading is not after its stream's last one is refused."""
         p, store = self.pending, self.engine.store
         streams = list(dict.fromkeys(d[1] for d in decoded))
-        store.slots(streams, time.time())  # resident (and loaded from the cold store) before their last ts is read
+        store.slots(streams, wall)  # resident (and loaded from the cold store) before their last ts is read
         get_extra = store.get_extra
         last = {s: (get_extra(s) or _NO_EXTRA).get("ts", -1) for s in streams}
         groups: dict[str, tuple[list[int], list[list[float]], list[tuple[int, bool]]]] = {}
@@ -203,7 +205,7 @@ class Processor:
             g[2].append((len(ts), is_chunk))
         return groups
 
-    def _step(self, groups: dict[str, tuple[list[int], list[list[float]], Any]]) -> StepResults:
+    def _step(self, groups: dict[str, tuple[list[int], list[list[float]], Any]], wall: float) -> StepResults:
         """Whole-batch arrays grouped by stream (each stream's readings in time order), normalised once, stepped."""
         served, n_features = self.served, self.served.model.config.n_features
         order = list(groups)
@@ -215,7 +217,7 @@ class Processor:
         values = (np.fromiter(chain(chain(g[1] for g in groups.values())), dtype=np.float32,
                               count=int(offsets[-1]) * n_features).reshape(-1, n_features) - served.mean) / served.std
         started = time.perf_counter()
-        results = self.engine.step_grouped(order, offsets, ts_arr, values, now=time.time())
+        results = self.engine.step_grouped(order, offsets, ts_arr, values, now=wall)
         self.hooks.stepped(time.perf_counter() - started, int(results.offsets[-1]))
         return results
 

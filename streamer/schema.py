@@ -291,10 +291,15 @@ class ForecastEncoder:
                    seen: int) -> list[bytes]:
         """Batch records of one stream's rows [a, b) from its first row on the cadence, `lo` (`seen`: readings
         of the stream before row a)."""
+        return self._list_records(text, head, ts, lo, b, a, seen, self._per_record(text))
+
+    def _list_records(self, text: ForecastText, head: str, ts: list[int], lo: int, stop: int, a: int, seen: int,
+                      per_record: int) -> list[bytes]:
+        """Records with a list per field of the rows lo, lo + every, ... below `stop`, `per_record` at most each."""
         every, out = self.every, []
-        for start, stop in _pieces(lo, b, every, self._per_record(text)):
-            ns = list(range(seen + start - a + 1, seen + stop - a + 1, every))
-            out.append(f'{head}{ts[start:stop:every]},"n":{ns},"forecast":{text.many(slice(start, stop, every))}'
+        for start, end in _pieces(lo, stop, every, per_record):
+            ns = list(range(seen + start - a + 1, seen + end - a + 1, every))
+            out.append(f'{head}{ts[start:end:every]},"n":{ns},"forecast":{text.many(slice(start, end, every))}'
                        f'{self.tail}'.encode())
         return out
 
@@ -307,12 +312,9 @@ class ForecastEncoder:
             picks = range(start + (every - n0 % every) - 1, end, every)
             if not picks:
                 continue
-            if not as_list:
+            if as_list:
+                out.extend(self._list_records(text, head, ts, picks.start, picks.stop, a, seen, per_record))
+            else:
                 j = picks[0]
                 out.append(f'{head}{ts[j]},"n":{seen + j - a + 1},"forecast":{text.one(j)}{self.tail}'.encode())
-                continue
-            for lo, hi in _pieces(picks.start, picks.stop, every, per_record):
-                ns = list(range(seen + lo - a + 1, seen + hi - a + 1, every))
-                out.append(f'{head}{ts[lo:hi:every]},"n":{ns},"forecast":{text.many(slice(lo, hi, every))}'
-                           f'{self.tail}'.encode())
         return out

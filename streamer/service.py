@@ -111,7 +111,6 @@ class Service:
         self.detectors = self._make_detectors(self.served)
         self.processor = Processor(settings, self.served, self.engine, self.detectors, hooks=self.metrics,
                                    partition_for=partition_for)
-        self.partition_of = self.processor.partition_of  # resident stream -> its input (and changelog) partition
         self.stats = LoopStats()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
@@ -133,6 +132,11 @@ class Service:
         self.metrics.set_model(self.served.name, self.served.version, self.served.family)
         if http is not None:
             http.bind(self.alive, self.ready.is_set, self.not_ready_reason)
+
+    @property
+    def partition_of(self) -> dict[str, int]:
+        """Resident stream -> its input (and changelog) partition (the processor's)."""
+        return self.processor.partition_of
 
     # -- model --------------------------------------------------------------------------------------
     def _make_engine(self, served: ServedModel, store=None) -> Engine:
@@ -633,9 +637,9 @@ class Service:
         committed atomically while the loop goes on; with `wait`, return only once all of it is committed."""
         p = self.processor.pending
         if p and self.commits.sink is not None:
-            state = self._state_records(p)
-            self.commits.settle()  # a failure here leaves the work pending (the loop rewinds it)
-            self.commits.start(self.processor.take(), state)
+            # start() settles the unit in flight first; its failure leaves this work pending (the loop rewinds it)
+            self.commits.start(p, self._state_records(p))
+            self.processor.take()
         if wait:
             self.commits.settle()
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import ConfigError
+from training.evaluate import forecast_origins, forecast_targets
 
 BLOCK = 512  # windows per block of the normal equations
 
@@ -43,17 +44,17 @@ class RidgeFit:
 
 
 def window_origins(lo: int, hi: int, context: int, horizon: int) -> np.ndarray:
-    """Origins t of the windows scored in rows [lo, hi) whose delay line of `context` readings is full."""
-    return np.arange(max(lo - 1, context - 1, 0), hi - horizon)
+    """Origins t of the protocol's windows scored in rows [lo, hi) whose delay line of `context` readings is full."""
+    origins = forecast_origins(lo, hi, horizon)
+    return origins[origins >= context - 1]
 
 
 def _block(x: np.ndarray, origins: np.ndarray, context: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Features [N*F, L-1] (x_{t-k} - x_t, k = 1..L-1) and targets [N*F, H] (x_{t+h} - x_t) of some windows."""
     lags = origins[:, None] - np.arange(1, context)[None, :]
-    ahead = origins[:, None] + 1 + np.arange(horizon)[None, :]
     last = x[origins][:, None, :]  # [N, 1, F]
     feats = (x[lags] - last).transpose(0, 2, 1).reshape(-1, context - 1)
-    targets = (x[ahead] - last).transpose(0, 2, 1).reshape(-1, horizon)
+    targets = (forecast_targets(x, origins, horizon) - last).transpose(0, 2, 1).reshape(-1, horizon)
     return feats, targets
 
 
