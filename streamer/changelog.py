@@ -16,7 +16,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -71,6 +71,26 @@ def sweep_stale_cold_files(directory: str | None = None) -> list[str]:
     if removed:
         log.info("removed %d cold-store files left by stopped processes in %s", len(removed), folder)
     return removed
+
+
+class ColdSpill:
+    """The engine's eviction and miss callbacks over a cold store: an evicted stream's latest state is kept locally
+    (its committed state is in the changelog) for its return and for the next commit."""
+
+    def __init__(self, cold: ColdStore, partition_of: Callable[[], dict[str, int]], loaded: Callable[[], None]) -> None:
+        self.cold, self.partition_of, self.loaded = cold, partition_of, loaded
+
+    def evicted(self, stream: str, blob: bytes) -> None:
+        """Keep an evicted stream's snapshot under its input partition."""
+        self.cold.put_many([(stream, self.partition_of().pop(stream), blob)])
+
+    def missed(self, stream: str) -> bytes | None:
+        """The snapshot of a stream the hot store does not hold, if kept (a stale one is discarded by the store)."""
+        found = self.cold.get(stream)
+        if found is None:
+            return None
+        self.loaded()
+        return found[1]
 
 
 class ColdStore:

@@ -31,6 +31,20 @@ class CommitSink(Protocol):
         """Finish the commit in flight and release the clients."""
 
 
+def state_records(topic: str, changed: dict[str, int], store, cold) -> list[OutRecord]:
+    """The changelog records of the changed streams (stream -> input partition): their latest snapshots, from the
+    state store, or from the cold store for one evicted since it changed."""
+    resident = [s for s in changed if s in store]
+    state = [OutRecord(topic, s.encode(), blob, changed[s])
+             for s, blob in zip(resident, store.snapshot_each(resident), strict=True)]
+    for s in changed:
+        if s not in store:
+            found = cold.get(s)
+            if found is not None:
+                state.append(OutRecord(topic, s.encode(), found[1], changed[s]))
+    return state
+
+
 class InMemorySink:
     """A sink that keeps what was committed, in order; `fail_next` makes the next unit fail when it settles."""
 

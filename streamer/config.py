@@ -271,8 +271,9 @@ class OutputSettings(BaseModel):
         default=None, ge=0, le=1, description="event head: and ends below this one (default: the checkpoint's "
         "calibrated threshold, else 0.4)")
     event_min_run: int | None = Field(
-        default=None, gt=0, description="event head: readings beyond a level to start or end (default: 1 with "
-        "the checkpoint's calibrated threshold, whose per-reading decisions training scored, else 3)")
+        default=None, gt=0, description="event head: readings beyond a level to start or end (default: the "
+        "checkpoint's `[events] min_run`, else 1 with its calibrated threshold, whose per-reading decisions training "
+        "scored, else 3)")
     silent_after_s: float | None = Field(
         default=None, gt=0, description="publish a 'silent' event for a stream without readings this long")
 

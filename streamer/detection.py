@@ -7,20 +7,26 @@ the service publishes them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.config import DetectorsSettings
+from streamer.config import DetectorsSettings, Settings
 from streamer.detectors.batched import score_streams
-from streamer.detectors.events import HysteresisEvents, SilenceDetector
+from streamer.detectors.events import HysteresisEvents, SilenceDetector, event_probability
 from streamer.detectors.pipeline import AnomalyPipeline, PipelineConfig
 from streamer.detectors.seasonal import DAY_MS
 from streamer.engine import StepResults
 from streamer.errors import ConfigError
 from streamer.models import value_head
 from streamer.state import StateStore
+
+if TYPE_CHECKING:
+    from streamer.model_source import ServedModel
+
+log = logging.getLogger(__name__)
 
 # The product default, served and evaluated (`streamer eval nab`) alike: what `streamer eval nab --cv 5` chose on
 # all development files (benchmarks/nab_cv.json): the forecast error against the smaller of the model's and the
@@ -41,6 +47,23 @@ def pipeline_config(settings: DetectorsSettings, checkpoint: dict[str, Any] | No
         raise ConfigError(f"checkpoint metadata 'detectors': unknown fields {unknown} (known: {sorted(known)})")
     fields = {**known, **saved, **settings.overrides()}
     return PipelineConfig(**{k: type(known[k])(v) for k, v in fields.items()})
+
+
+def stream_detectors(settings: Settings, served: ServedModel) -> StreamDetectors:
+    """The detectors the daemon runs on a served model's outputs, as the settings and the checkpoint say."""
+    from streamer.model_source import event_hysteresis
+
+    o = settings.output
+    on, off, run = event_hysteresis(settings, served)
+    if o.anomalies and served.head is None:
+        log.info("anomaly scoring off: the model has no forecast or reconstruction head", extra={
+            "model": served.name, "heads": list(served.model.config.heads)})
+    return StreamDetectors(
+        served.model.config.n_features, served.model.config.heads, served.name, served.version,
+        anomalies=o.anomalies, event_on=on, event_off=off, event_min_run=run,
+        silent_after_ms=int(o.silent_after_s * 1000) if o.silent_after_s else None,
+        channel_names=list(served.channels) if served.channels else None,
+        pipeline=pipeline_config(settings.detectors, served.detectors))
 
 
 @dataclass
@@ -82,7 +105,7 @@ class StreamDetectors:
         probs = None
         if self.events is not None:
             logits = results.outputs["event"]
-            probs = 1.0 / (1.0 + np.exp(-logits.reshape(logits.shape[0], -1)[:, 0]))
+            probs = event_probability(logits.reshape(logits.shape[0], -1)[:, 0])
         offsets = results.offsets.tolist()
         extras = list(map(store.extra_for, results.streams))  # each stream's detector state, changed in place
         if self.anomalies is not None:  # all streams at once (see detectors/batched.py)

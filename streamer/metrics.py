@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import (
@@ -29,6 +30,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from streamer.errors import ConfigError
 from streamer.schema import DEAD_LETTER_REASONS
+
+if TYPE_CHECKING:
+    from streamer.processor import Pending
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +191,44 @@ class Metrics:
         for a in alerts:
             if a["state"] == "firing":
                 self.alerts_fired.labels(a["severity"]).inc()
+
+    def set_lags(self, lags: dict[Any, int]) -> None:
+        """The consumer lag of each assigned partition (TopicPartition -> records left)."""
+        for tp, lag in lags.items():
+            self.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Stop exporting the lag and restore gauges of a partition this instance no longer holds."""
+        for gauge, labels in ((self.lag, (topic, str(partition))), (self.restore_remaining, (str(partition),))):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+    def fast_paths(self, in_use: dict[str, bool]) -> None:
+        """The streamer_kafka_fast_path gauge, and a warning per fast path the installed kafka-python rules out."""
+        for path, on in in_use.items():
+            self.kafka_fast_path.labels(path=path).set(1 if on else 0)
+            if not on:
+                log.warning("kafka-python's stock path in use: its internals differ from those the fast path was "
+                            "written for (slower, same results)", extra={"path": path})
+
+    def committed(self, p: Pending, n_state: int, seconds: float) -> None:
+        """A unit of work committed: what it published, how long the commit took and each reading's latency."""
+        done = time.time()
+        self.failed_commits_in_row.set(0)
+        self.commit_seconds.observe(seconds)
+        self.readings.inc(p.readings)
+        for kind, n in p.kinds.items():
+            self.outputs.labels(kind).inc(n)
+        self.outputs.labels("state").inc(n_state)
+        for reason, n in p.reasons.items():
+            self.dead_letters.labels(reason).inc(n)
+        self.outputs.labels("dead_letter").inc(sum(p.reasons.values()))
+        for kind, n in p.out_of_order.items():
+            self.out_of_order.labels(kind).inc(n)
+        for ts in p.stamps:
+            self.latency.observe(max(done - ts / 1000, 0.0))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -37,6 +37,7 @@ class ServedModel:
     channels: tuple[str, ...] | None  # feature names, for readings with named channels
     signature: str | None = None  # what identifies the checkpoint on disk, to notice a new one
     event_threshold: float | None = None  # the event probability level calibrated on validation rows in training
+    event_min_run: int | None = None  # the event detector's run length the checkpoint was chosen with
     detectors: dict[str, Any] | None = None  # the anomaly pipeline it was trained and evaluated with (its metadata)
 
     @property
@@ -87,11 +88,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     std = np.asarray(norm["std"], dtype=np.float32)
     channels = tuple(meta["features"].get("numeric", [])) or None
     version = str(meta.get("weights_sha256", ""))[:12] or (signature or "unknown")[:12]
-    threshold = (meta.get("thresholds") or {}).get("event")
+    thresholds = meta.get("thresholds") or {}
+    threshold, run = thresholds.get("event"), thresholds.get("event_min_run")
     return ServedModel(model, str(meta.get("name") or Path(path).resolve().name), version,
                        np.asarray(norm["mean"], dtype=np.float32), np.where(std > 0, std, 1.0).astype(np.float32),
                        channels, signature, float(threshold) if isinstance(threshold, (int, float)) else None,
-                       meta.get("detectors"))
+                       int(run) if isinstance(run, int) and run > 0 else None, meta.get("detectors"))
 
 
 def check_servable(served: ServedModel, settings: Settings) -> ServedModel:
@@ -116,9 +118,10 @@ def check_servable(served: ServedModel, settings: Settings) -> ServedModel:
 
 def event_hysteresis(settings: Settings, served: ServedModel) -> tuple[float, float, int]:
     """The event head's (on, off) probability levels and run length: the settings', else the checkpoint's calibrated
-    threshold and 1 (the per-reading decisions training scored on validation rows), else 0.6, 0.4 and 3."""
+    threshold and run length (1 when it names none: the per-reading decisions training scored on validation rows),
+    else 0.6, 0.4 and 3."""
     o, thr = settings.output, served.event_threshold
-    run = o.event_min_run if o.event_min_run is not None else (1 if thr is not None else 3)
+    run = o.event_min_run or served.event_min_run or (1 if thr is not None else 3)
     on = o.event_on if o.event_on is not None else (thr if thr is not None else 0.6)
     off = o.event_off if o.event_off is not None else (thr if thr is not None else 0.4)
     if off > on:
@@ -134,6 +137,14 @@ def checkpoint_path(settings: Settings) -> Path | None:
     if chosen == RANDOM_MODEL:
         return None
     return Path(chosen) if chosen else BUILTIN_CHECKPOINT
+
+
+def new_checkpoint(settings: Settings, current: ServedModel) -> Path | None:
+    """The configured checkpoint folder when it holds a checkpoint other than `current` (None: nothing new)."""
+    path = checkpoint_path(settings)
+    if path is None or checkpoint_signature(path) in (None, current.signature):
+        return None
+    return path
 
 
 def served_model(settings: Settings, device: str | torch.device) -> ServedModel:

@@ -180,6 +180,11 @@ def producer_config(kafka: KafkaSettings, transactional_id: str | None) -> dict:
     }
 
 
+def transactional_id(kafka: KafkaSettings) -> str:
+    """Stable per instance, so a restarted instance fences and aborts its predecessor's open transaction."""
+    return kafka.transactional_id or f"{kafka.group_id}-{kafka.instance_id or socket.gethostname()}"
+
+
 def make_producer(kafka: KafkaSettings, transactional_id: str | None) -> KafkaProducer:
     """An idempotent producer (producer_config); transactional when a transactional id is given."""
     return KafkaProducer(**producer_config(kafka, transactional_id))
@@ -403,6 +408,27 @@ def next_offsets(records: Iterable) -> dict[TopicPartition, OffsetAndMetadata]:
         if r.offset > get(key, -1):
             last[key] = r.offset
     return {TopicPartition(*key): OffsetAndMetadata(off + 1, "", -1) for key, off in last.items()}
+
+
+def partition_lags(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
+    """Records left to read in each assigned partition whose position and end the broker gives in time."""
+    assigned = consumer.assignment()
+    ends = {tp: consumer.highwater(tp) for tp in assigned}
+    unknown = [tp for tp, end in ends.items() if end is None]  # paused, or not fetched yet
+    if unknown:
+        try:
+            ends.update(consumer.end_offsets(unknown, timeout_ms=1000))
+        except KafkaError:
+            pass
+    lags = {}
+    for tp in assigned:
+        try:
+            pos = consumer.position(tp, timeout_ms=200)
+        except KafkaError:
+            continue
+        if pos is not None and ends.get(tp) is not None:
+            lags[tp] = max(ends[tp] - pos, 0)
+    return lags
 
 
 class Committer:

@@ -9,7 +9,7 @@ updates `state` in place and returns outputs for those readings only: it never l
 
 from streamer.detectors.alerts import AlertLifecycle
 from streamer.detectors.base import Detector, check_plain
-from streamer.detectors.events import HysteresisEvents, SilenceDetector
+from streamer.detectors.events import HysteresisEvents, SilenceDetector, event_probability
 from streamer.detectors.forecast_error import ForecastErrorScorer
 from streamer.detectors.likelihood import AnomalyLikelihood
 from streamer.detectors.normalise import OnlineNormaliser
@@ -31,4 +31,5 @@ __all__ = [
     "SilenceDetector",
     "TelemanomSequences",
     "check_plain",
+    "event_probability",
 ]

@@ -10,6 +10,11 @@ import numpy as np
 from streamer.detectors.base import Detector
 
 
+def event_probability(logits: np.ndarray) -> np.ndarray:
+    """P(event) from an event head's logits: the logistic function in its tanh form, which cannot overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))
+
+
 class HysteresisEvents(Detector):
     """An event starts when p >= `on` for `min_on` consecutive readings and ends when p < `off` for `min_off`.
 
