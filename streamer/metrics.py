@@ -99,6 +99,24 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        self._throughput(r)
+        self._commits_and_state(r)
+        self._model_health(r)
+        for severity in SEVERITIES:
+            self.alerts_fired.labels(severity)
+        for kind in ("forecast", "alert", "event", "state", "dead_letter"):
+            self.outputs.labels(kind)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for kind in ("late", "duplicate"):
+            self.out_of_order.labels(kind)
+        for event in ("assigned", "revoked"):
+            self.rebalances.labels(event)
+        for path in FAST_PATHS:
+            self.kafka_fast_path.labels(path=path)
+
+    def _throughput(self, r: CollectorRegistry) -> None:
+        """What was read, published, dead-lettered, and how long steps and outputs took."""
         self.readings = Counter("streamer_readings_consumed_total", "Readings decoded from the input topics",
                                 registry=r)
         self.outputs = Counter("streamer_outputs_produced_total", "Records published, by kind", ["kind"],
@@ -115,6 +133,9 @@ class Metrics:
         self.latency = Histogram("streamer_record_to_output_latency_seconds",
                                  "From an input record's Kafka timestamp to the commit of its outputs (sampled)",
                                  buckets=_LATENCY, registry=r)
+
+    def _commits_and_state(self, r: CollectorRegistry) -> None:
+        """Commits, the state store, restores, rebalances, lag, readiness and the Kafka fast paths."""
         self.commit_seconds = Histogram("streamer_transaction_commit_duration_seconds",
                                         "Duration of publishing and committing one unit of work", buckets=_SECONDS,
                                         registry=r)
@@ -134,8 +155,6 @@ class Metrics:
                                   registry=r)
         self.lag = Gauge("streamer_consumer_lag_records", "Records between the consumer position and the end",
                          ["topic", "partition"], registry=r)
-        self.model_info = Gauge("streamer_model_info", "The served model (value 1)", ["name", "version", "family"],
-                                registry=r)
         self.ready = Gauge("streamer_ready", "1 when partitions are assigned, state restored and a model loaded",
                            registry=r)
         self.alerts_firing = Gauge("streamer_alerts_firing", "Anomaly alerts currently firing", registry=r)
@@ -143,9 +162,11 @@ class Metrics:
             "streamer_kafka_fast_path", "1 while a fast path over kafka-python's internals is in use, 0 while its "
             "stock path is (the installed kafka-python differs from the one the fast path was written for)", ["path"],
             registry=r)
-        for path in FAST_PATHS:
-            self.kafka_fast_path.labels(path=path)
-        # Model health: how far each reading was from the forecast made for it, how surprising it was, what fired.
+
+    def _model_health(self, r: CollectorRegistry) -> None:
+        """The served model, how far each reading was from its forecast, how surprising it was, what fired."""
+        self.model_info = Gauge("streamer_model_info", "The served model (value 1)", ["name", "version", "family"],
+                                registry=r)
         self.forecast_error = ArrayHistogram(
             "streamer_forecast_absolute_error", "|reading - its one-step forecast| per channel, in training "
             "standard deviations (readings scored for anomalies), by model version", "version", _ABS_ERROR, r)
@@ -158,16 +179,6 @@ class Metrics:
         self.reload_failures = Counter("streamer_model_reload_failures_total",
                                        "New checkpoints that could not be loaded or served (the old model stays)",
                                        registry=r)
-        for severity in SEVERITIES:
-            self.alerts_fired.labels(severity)
-        for kind in ("forecast", "alert", "event", "state", "dead_letter"):
-            self.outputs.labels(kind)
-        for reason in DEAD_LETTER_REASONS:
-            self.dead_letters.labels(reason)
-        for kind in ("late", "duplicate"):
-            self.out_of_order.labels(kind)
-        for event in ("assigned", "revoked"):
-            self.rebalances.labels(event)
 
     def set_model(self, name: str, version: str, family: str) -> None:
         """Record the served model, replacing the previous one."""

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
-import sys
 import time
 from collections.abc import Callable, Iterable
 from itertools import repeat
@@ -13,49 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic_core import to_json
 from torch import Tensor
 
 from streamer.errors import StateError
+from streamer.snapshots import MAGIC, VERSION, SnapshotCodec
 
-MAGIC = b"STRMSTAT"
-VERSION = 1
-_PREFIX = struct.Struct("<8sHI")  # magic, version, header length
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+__all__ = ["MAGIC", "VERSION", "StateStore"]
+
 _FREE = np.iinfo(np.int64).max  # LRU rank of a free slot: never chosen as a victim
-
-
-def _json(obj: Any) -> bytes:
-    """Compact JSON (NaN and Infinity as Python's json writes them): pydantic-core's encoder, about 6x faster
-    than json's on detector state full of floats, which every commit encodes for every changed stream."""
-    return to_json(obj, inf_nan_mode="constants", bytes_mode="base64")
-
-
-def _le_bytes(t: Tensor) -> bytes:
-    """Raw little-endian bytes of a CPU tensor of any float dtype."""
-    t = t.contiguous()
-    if sys.byteorder == "little":
-        return t.view(torch.uint8).numpy().tobytes()
-    return t.view(_INT_OF_SIZE[t.element_size()]).numpy().byteswap().tobytes()
-
-
-def _from_le(buf: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
-    """Tensor of `shape` from little-endian bytes (copied, so it owns its memory)."""
-    raw = bytearray(buf)
-    if not raw:
-        return torch.empty(shape, dtype=dtype)
-    if sys.byteorder == "little":
-        return torch.frombuffer(raw, dtype=dtype).reshape(shape)
-    itype = _INT_OF_SIZE[torch.empty(0, dtype=dtype).element_size()]
-    swapped = torch.frombuffer(raw, dtype=itype).numpy().byteswap()
-    return torch.from_numpy(swapped).view(dtype).reshape(shape)
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +45,8 @@ class StateStore:
     ) -> None:
         if capacity < 1:
             raise StateError(f"state store capacity must be >= 1, got {capacity}")
-        if dtype not in _DTYPE_NAMES:
-            raise StateError(f"state dtype {dtype} is not one of {sorted(_DTYPES)}")
         self.shapes = {n: (int(s[0]), int(s[1])) for n, s in shapes.items()}
+        self.codec = SnapshotCodec(self.shapes, dtype, cache=int(capacity))
         self.names = tuple(self.shapes)
         self._capacity = int(capacity)
         self.device = torch.device(device)
@@ -106,7 +67,6 @@ class StateStore:
         self._clock = 0
         self._seen = np.zeros(capacity, dtype=np.float64)  # last `now` each slot was used
         self._extra: dict[str, dict[str, Any]] = {}
-        self._heads: dict[str, bytes] = {}  # stream -> its snapshot header up to the extras (bounded by capacity)
         self.evictions = 0
         self.discarded = 0  # on_miss snapshots that did not fit this store (their streams started afresh)
 
@@ -170,7 +130,7 @@ class StateStore:
             if not blob:
                 continue
             try:
-                streams, extras, blocks = self._decode(blob)
+                streams, extras, blocks = self.codec.decode(blob)
             except StateError as exc:  # e.g. written by a model of another architecture
                 self.discarded += 1
                 log.warning("snapshot of %r not loaded, the stream starts afresh: %s", sid, exc)
@@ -280,107 +240,30 @@ class StateStore:
         except KeyError as e:
             raise StateError(f"stream {e.args[0]!r} is not resident") from None
 
-    def _layout_header(self) -> dict[str, Any]:
-        """The part of a snapshot's header that is the same for every snapshot of this store."""
-        return {
-            "names": list(self.names),
-            "dtype": _DTYPE_NAMES[self.dtype],
-            "shapes": {n: list(s) for n, s in self.shapes.items()},
-            "layout": "per name: [streams, layers, hidden], little-endian",
-        }
-
-    def _encode(self, streams: list[str], blocks: dict[str, Tensor]) -> bytes:
-        header = {**self._layout_header(), "streams": streams, "extras": [self._extra.get(s) for s in streams]}
-        head = _json(header)
-        body = [_le_bytes(blocks[n]) for n in self.names]
-        return b"".join([_PREFIX.pack(MAGIC, VERSION, len(head)), head, *body])
+    def _blocks(self, stream_ids: list[str]) -> dict[str, Tensor]:
+        """The streams' state per name, [streams, layers, hidden], on the CPU (one device read per name)."""
+        idx = torch.from_numpy(self._slots_of(stream_ids)).to(self.device)
+        return {n: t.index_select(1, idx).transpose(0, 1).cpu() for n, t in self.tensors.items()}
 
     def snapshot(self, stream_ids: list[str]) -> bytes:
         """Versioned binary snapshot of the given resident streams (never pickle)."""
         stream_ids = list(stream_ids)
-        idx = torch.from_numpy(self._slots_of(stream_ids)).to(self.device)
-        blocks = {n: t.index_select(1, idx).transpose(0, 1).cpu() for n, t in self.tensors.items()}
-        return self._encode(stream_ids, blocks)
+        return self.codec.encode(stream_ids, [self._extra.get(s) for s in stream_ids], self._blocks(stream_ids))
 
     def snapshot_one(self, stream: str) -> bytes:
         """Snapshot of a single stream."""
         return self.snapshot([stream])
 
     def snapshot_each(self, stream_ids: list[str]) -> list[bytes]:
-        """One snapshot per stream (e.g. one changelog record each), with a single device read.
-
-        Byte for byte what `snapshot([s])` gives for each stream; the constant part of the header and the
-        tensors' bytes are prepared once for all of them (this runs for every changed stream at every commit).
-        """
+        """One snapshot per stream (e.g. one changelog record each), byte for byte what `snapshot([s])` gives."""
         stream_ids = list(stream_ids)
         if not stream_ids:
             return []
-        idx = torch.from_numpy(self._slots_of(stream_ids)).to(self.device)
-        # per name: [streams, layers * hidden * element size] little-endian bytes, one row per stream
-        rows = []
-        for n in self.names:
-            b = self.tensors[n].index_select(1, idx).transpose(0, 1).cpu().contiguous()
-            raw = np.frombuffer(_le_bytes(b), dtype=np.uint8)
-            rows.append(raw.reshape(len(stream_ids), -1))
-        # every stream's tensor bytes in one buffer (names side by side), sliced per stream below
-        blob = np.concatenate(rows, axis=1).tobytes() if rows else b""
-        width = len(blob) // len(stream_ids)
-        const = _json(self._layout_header())[:-1] + b',"streams":'  # without its closing brace
-        dumps, extra_of, pack = _json, self._extra.get, _PREFIX.pack
-        out, heads = [], self._heads
-        for i, s in enumerate(stream_ids):
-            start = heads.get(s)
-            if start is None:
-                if len(heads) >= self._capacity:
-                    heads.clear()
-                start = heads[s] = b"".join([const, dumps([s]), b',"extras":'])
-            extra = dumps([extra_of(s)])
-            out.append(b"".join([pack(MAGIC, VERSION, len(start) + len(extra) + 1), start, extra, b"}",
-                                 blob[i * width:(i + 1) * width]]))
-        return out
-
-    def _decode(self, data: bytes) -> tuple[list[str], list[Any], dict[str, Tensor]]:
-        view = memoryview(data)
-        if len(view) < _PREFIX.size:
-            raise StateError(f"state snapshot too short ({len(view)} bytes)")
-        magic, version, hlen = _PREFIX.unpack_from(view)
-        if magic != MAGIC:
-            raise StateError(f"not a streamer state snapshot (magic {magic!r}, expected {MAGIC!r})")
-        if version != VERSION:
-            raise StateError(f"state snapshot version {version} is not supported (this build reads {VERSION})")
-        try:
-            header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + hlen]))
-            names, dtype_name = list(header["names"]), header["dtype"]
-            shapes = {n: tuple(s) for n, s in header["shapes"].items()}
-            streams, extras = list(header["streams"]), list(header["extras"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise StateError(f"state snapshot header is malformed: {e}") from None
-        if dtype_name != _DTYPE_NAMES[self.dtype]:
-            raise StateError(f"state snapshot dtype {dtype_name} does not match the store's {_DTYPE_NAMES[self.dtype]}")
-        if names != list(self.names) or shapes != self.shapes:
-            raise StateError(
-                f"state snapshot shapes {dict(zip(names, shapes.values(), strict=False))} do not match "
-                f"the store's {self.shapes}"
-            )
-        if len(extras) != len(streams) or len(set(streams)) != len(streams):
-            raise StateError("state snapshot header is malformed: streams and extras disagree")
-        n, pos = len(streams), _PREFIX.size + hlen
-        item = torch.empty(0, dtype=self.dtype).element_size()
-        blocks = {}
-        for name in names:
-            layers, hidden = self.shapes[name]
-            size = n * layers * hidden * item
-            if pos + size > len(view):
-                raise StateError(f"state snapshot truncated: tensor {name!r} needs {size} bytes")
-            blocks[name] = _from_le(view[pos : pos + size], self.dtype, (n, layers, hidden))
-            pos += size
-        if pos != len(view):
-            raise StateError(f"state snapshot has {len(view) - pos} trailing bytes")
-        return streams, extras, blocks
+        return self.codec.encode_each(stream_ids, [self._extra.get(s) for s in stream_ids], self._blocks(stream_ids))
 
     def restore(self, data: bytes, now: float | None = None) -> list[str]:
         """Load a snapshot (validated first; may evict to make room); returns the restored stream ids."""
-        streams, extras, blocks = self._decode(data)
+        streams, extras, blocks = self.codec.decode(data)
         if not streams:
             return []
         slots = self._slots(streams, now, load=False)
