@@ -25,6 +25,9 @@ Last, the served model: unless --no-model, `streamer.evaluation.occupancy.run` t
 on --train (or reads a finished `streamer eval occupancy --out DIR` with --eval-dir) and its onset/offset messages
 are matched against the visible boundaries only.
 
+Each boundary is also marked long when the absence and the presence it separates both last at least 5 minutes
+(issue 21's subset: 5 onsets and 6 offsets of datatest.txt), and every count is given for the long ones too.
+
     python -m benchmarks.occupancy_boundaries [--json] [--eval-dir DIR | --no-model]
 
 Prints a table per boundary, a summary, and with --json one JSON object on the last line.
@@ -42,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.evaluation.occupancy import TOLERANCE, boundaries, event_scores, match
+from streamer.evaluation.occupancy import LONG_RUN, TOLERANCE, boundaries, event_scores, long_boundary_mask, match
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "occupancy"
@@ -120,8 +123,8 @@ def boundary_table(ts: np.ndarray, values: dict[str, np.ndarray], labels: np.nda
     on, off = boundaries(labels)
     rows = []
     for kind, idx in (("onset", on), ("offset", off)):
-        for b in idx.tolist():
-            row: dict[str, Any] = {"kind": kind, "row": b, "time": _clock(ts[b]), "sensors": {}}
+        for b, long in zip(idx.tolist(), long_boundary_mask(labels, idx).tolist(), strict=True):
+            row: dict[str, Any] = {"kind": kind, "row": b, "time": _clock(ts[b]), "long": long, "sensors": {}}
             lo, hi = max(0, b - tol), min(len(labels), b + tol + 1)
             for name, p in per.items():
                 change = float(p["wm"][b])
@@ -227,9 +230,11 @@ def model_on_visible(table: list[dict[str, Any]], eval_dir: Path, tol: int) -> d
     """Recall of the model's onset/offset messages on all boundaries and on the visible ones only."""
     _, _, on, off = model_events(eval_dir)
     vis = [r for r in table if r["visible"]]
+    long = [r for r in table if r["long"]]
     out: dict[str, Any] = {"eval_dir": str(eval_dir)}
     for kind, det in (("onset", on), ("offset", off)):
-        for name, rows in (("all", table), ("visible", vis)):
+        for name, rows in (("all", table), ("visible", vis), ("long", long),
+                           ("long_visible", [r for r in long if r["visible"]])):
             hit, n = recall_on(rows, kind, det, tol)
             out[f"{kind}_{name}"] = f"{hit}/{n}"
             out[f"{kind}_recall_{name}"] = hit / n if n else float("nan")
@@ -257,6 +262,8 @@ def summarise(table: list[dict[str, Any]], budget: float) -> dict[str, Any]:
         out[f"{kind}s_visible"] = vis
         out[f"{kind}_recall_upper_bound"] = vis / len(rows) if rows else float("nan")
         out[f"{kind}_visible_rows"] = [r["row"] for r in rows if r["visible"]]
+        out[f"long_{kind}s"] = sum(r["long"] for r in rows)
+        out[f"long_{kind}s_visible"] = sum(r["long"] and r["visible"] for r in rows)
     out["visible_by_sensor"] = {s: sum(r["sensors"][s]["false_per_day"] <= budget for r in table)
                                 for s in table[0]["sensors"]} if table else {}
     return out
@@ -267,9 +274,9 @@ def print_table(table: list[dict[str, Any]], typical: dict[str, float], budget: 
     names = list(typical)
     print("typical largest one-minute change within +-tol (mean over background rows): "
           + ", ".join(f"{n} {typical[n]:.4g}" for n in names))
-    head = f"{'kind':6} {'row':>5} {'time':11} " + " ".join(f"{n[:11]:>24}" for n in names) + "  visible"
+    head = f"{'kind':6} {'row':>5} {'time':11} {'long':4} " + " ".join(f"{n[:11]:>24}" for n in names) + "  visible"
     print(head)
-    print(" " * 24 + " ".join(f"{'change (x typ) fa/day':>24}" for _ in names))
+    print(" " * 29 + " ".join(f"{'change (x typ) fa/day':>24}" for _ in names))
     for r in table:
         cells = []
         for n in names:
@@ -277,7 +284,9 @@ def print_table(table: list[dict[str, Any]], typical: dict[str, float], budget: 
             ratio = "inf" if not np.isfinite(s["ratio"]) else f"{s['ratio']:.1f}"
             cells.append(f"{s['change']:>9.4g} ({ratio:>5}) {s['false_per_day']:>6.1f}")
         vis = f"yes ({r['best_sensor']})" if r["visible"] else "no"
-        print(f"{r['kind']:6} {r['row']:>5} {r['time']:11} " + " ".join(f"{c:>24}" for c in cells) + f"  {vis}")
+        long = "yes" if r["long"] else ""
+        print(f"{r['kind']:6} {r['row']:>5} {r['time']:11} {long:4} " + " ".join(f"{c:>24}" for c in cells)
+              + f"  {vis}")
     print(f"(fa/day: false events per day a threshold on that sensor's step or trend change would make to catch the "
           f"boundary; visible: some sensor at <= {budget:g}/day)")
 
@@ -305,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"visible (some sensor at <= {args.budget:g} false/day): onsets {summary['onsets_visible']}/"
           f"{summary['onsets']}, offsets {summary['offsets_visible']}/{summary['offsets']}; by sensor "
           f"{summary['visible_by_sensor']}")
+    print(f"between runs of >= {LONG_RUN} min: onsets {summary['long_onsets_visible']}/{summary['long_onsets']} "
+          f"visible, offsets {summary['long_offsets_visible']}/{summary['long_offsets']}")
     lr = summary["in_sample_context_logistic"]
     print(f"in-sample +-{tol} min logistic regression fitted on the test labels: accuracy {lr['accuracy']:.4f}, "
           f"onset recall {lr['onset_recall']:.2f}, offset recall {lr['offset_recall']:.2f}, "
@@ -319,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             run(Path(args.test), out=eval_dir, train=Path(args.train), progress=False, plots=False)
         m = model_on_visible(table, eval_dir, tol)
         summary["model"] = m
-        print(f"model ({eval_dir}): onsets {m['onset_all']} all, {m['onset_visible']} visible; offsets "
-              f"{m['offset_all']} all, {m['offset_visible']} visible")
+        print(f"model ({eval_dir}): onsets {m['onset_all']} all, {m['onset_visible']} visible, {m['onset_long']} "
+              f"long, {m['onset_long_visible']} long and visible; offsets {m['offset_all']} all, "
+              f"{m['offset_visible']} visible, {m['offset_long']} long, {m['offset_long_visible']} long and visible")
     if args.json:
         from streamer.schema import json_safe
 

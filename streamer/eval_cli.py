@@ -101,7 +101,8 @@ def cmd_eval_occupancy(args: argparse.Namespace) -> int:
                 seed=args.seed, progress=not args.quiet, plots=not args.no_plots)
     print(f"occupancy on {s['rows']} minutes ({s['seconds']:.1f} s): accuracy {s['accuracy']:.4f} "
           f"({s['errors']} wrong minutes), onset recall {s['onset_recall']:.3f}, offset recall "
-          f"{s['offset_recall']:.3f} (+-{args.tolerance} min), mean delay {s['mean_delay_min']} min, "
+          f"{s['offset_recall']:.3f} (+-{args.tolerance} min; on boundaries between runs of >= {occ.LONG_RUN} "
+          f"min: {s['long_onset_recall']:.3f}, {s['long_offset_recall']:.3f}), mean delay {s['mean_delay_min']} min, "
           f"{s['false_events_per_day']:.2f} false events/day")
     b = s.get("baseline_lda")
     if b:
@@ -209,13 +210,18 @@ def _cv_arguments(parser: argparse.ArgumentParser, what: str, config: str, modul
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the eval command with its nab sub-command."""
+    """Add the eval command with its sub-commands: nab, occupancy, smap and ett."""
     p = subparsers.add_parser("eval", help="evaluate the detectors on public benchmarks",
                               description="Run benchmark data through the engine and detectors exactly as the "
                                           "daemon would (in process, each series streamed once, in order).")
     sub = p.add_subparsers(dest="benchmark", required=True)
     _add_nab(sub)
+    _add_occupancy(sub)
+    _add_smap(sub)
+    _add_ett(sub)
 
+
+def _add_occupancy(sub: argparse._SubParsersAction) -> None:
     o = sub.add_parser("occupancy", help="UCI Occupancy: per-minute accuracy and event onsets/offsets",
                        description="Trains the event model on --train only (its last 15% pick the epoch and the "
                                    "threshold) or loads --checkpoint, streams --test once, in order, in chunks "
@@ -233,8 +239,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--seed", type=int, default=None, help="override the training seed")
     o.add_argument("--on", type=float, default=None, help="hysteresis on level (default: calibrated threshold)")
     o.add_argument("--off", type=float, default=None, help="hysteresis off level (default: the on level)")
-    o.add_argument("--min-on", type=int, default=1, help="readings at or above on to start an event")
-    o.add_argument("--min-off", type=int, default=1, help="readings below off to end an event")
+    o.add_argument("--min-on", type=int, default=None,
+                   help="readings at or above on to start an event (default: the checkpoint's, else 1)")
+    o.add_argument("--min-off", type=int, default=None,
+                   help="readings below off to end an event (default: the checkpoint's, else 1)")
     o.add_argument("--chunk", type=int, default=60, help="readings per engine step")
     o.add_argument("--tolerance", type=int, default=2, help="minutes either side for onset/offset matching")
     o.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
@@ -242,6 +250,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.set_defaults(func=cmd_eval_occupancy)
 
+
+def _add_smap(sub: argparse._SubParsersAction) -> None:
     sm = sub.add_parser("smap", help="NASA SMAP telemetry (Telemanom): event-level precision and recall",
                         description="DIR is the packed SMAP folder (its verify_and_extract.py is run into a "
                                     "temporary folder) or an unpacked one with train/ and test/ (and "
@@ -263,6 +273,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                   "SmapConfig", "smap_cv")
     sm.set_defaults(func=cmd_eval_smap)
 
+
+def _add_ett(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("ett", help="ETTh1 forecasting, standard protocol: test MSE/MAE beside repeat-last",
                        description="Trains with examples/ett.toml on FILE (or loads --checkpoint) and scores the "
                                    "test windows of the standard protocol (train [0, 8640), val [8640, 11520), "

@@ -69,3 +69,8 @@ def test_real_test_file_most_boundaries_are_invisible(capsys: pytest.CaptureFixt
     rows = {b["row"]: b for b in s["boundaries"]}
     assert rows[1131]["sensors"]["Light"]["change"] == 0.0  # 09:10 off with the light at 444 lux throughout
     assert rows[1674]["visible"] and rows[1674]["best_sensor"] == "Light"  # 18:13, the lights go out
+    # issue 21's subset, boundaries between an absence and a presence of >= 5 minutes: 5 onsets and 6 offsets, of
+    # which 2 and 3 show in a sensor, so recall >= 0.9 there is out of reach as well
+    assert (s["long_onsets"], s["long_offsets"]) == (5, 6)
+    assert (s["long_onsets_visible"], s["long_offsets_visible"]) == (2, 3)
+    assert [r for r, b in rows.items() if b["long"] and b["kind"] == "onset"] == [218, 1400, 2479, 2494, 2541]

@@ -15,14 +15,16 @@ from streamer.model_source import served_model
 from streamer.models import ModelConfig, build_model
 
 
-def _save(directory: Path, numeric: list[str], categorical: tuple = (), threshold: float | None = None) -> None:
+def _save(directory: Path, numeric: list[str], categorical: tuple = (), threshold: float | None = None,
+          **thresholds: int) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(family="gru", n_features=len(numeric), hidden=4, heads=("event",), categorical=categorical)
     feats = {"numeric": numeric, "categorical": [{"name": "@hour", "cardinality": c} for c, _ in categorical],
              "label": "Occupancy"}
     save(directory, build_model(cfg), {"features": feats, "horizon": 1, "name": directory.name,
                                        "normalization": {"mean": [0.0] * len(numeric), "std": [1.0] * len(numeric)},
-                                       "thresholds": {"score": "event_probability", "event": threshold}})
+                                       "thresholds": {"score": "event_probability", "event": threshold,
+                                                      **thresholds}})
 
 
 def _settings(ckpt: Path, **output):
@@ -70,6 +72,26 @@ def test_event_levels_default_to_the_calibrated_threshold(tmp_path: Path) -> Non
         Service(_settings(ckpt, event_on=0.3))
     _save(ckpt, ["Light", "CO2"])  # no calibrated threshold: the fixed defaults
     assert levels(Service(_settings(ckpt))) == (0.6, 0.4, 3)
+
+
+def test_event_run_length_defaults_to_the_checkpoints_served_and_evaluated_alike(tmp_path: Path) -> None:
+    import numpy as np
+
+    from streamer.evaluation import occupancy as occ
+    from streamer.model_source import load_checkpoint
+    from streamer.service import Service
+
+    ckpt = tmp_path / "model"
+    _save(ckpt, ["Light", "CO2"], threshold=0.5, event_min_run=3)
+    ev = Service(_settings(ckpt)).detectors.events
+    assert (ev.on, ev.off, ev.min_on, ev.min_off) == (0.5, 0.5, 3, 3)
+    assert Service(_settings(ckpt, event_min_run=1)).detectors.events.min_on == 1  # the setting wins
+    # `streamer eval occupancy` streams with the same detector unless told otherwise
+    served = load_checkpoint(ckpt)
+    ts, values = np.arange(10, dtype=np.int64) * 60_000, np.zeros((10, 2))
+    res = occ.stream_test(served, ts, values, occ.EventSettings(), 0.5)
+    assert (res["min_on"], res["min_off"]) == (3, 3)
+    assert occ.stream_test(served, ts, values, occ.EventSettings(min_on=2, min_off=1), 0.5)["min_on"] == 2
 
 
 def test_hot_reload_refuses_levels_the_settings_contradict(tmp_path: Path) -> None:

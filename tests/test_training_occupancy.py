@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from streamer.errors import ConfigError
+from tests.helpers import small_occupancy_config
 from training.data import FeatureSpec, derived_numeric, load_csv
 from training.fit import task_loss, transition_weights
 
@@ -90,24 +91,13 @@ def test_merge_refuses_mixed_architectures_and_embeddings() -> None:
         merge([c, c])
 
 
-def _small_config(tmp_path: Path, train: dict) -> dict:
-    """A pipeline config on the first 800 rows of datatraining.txt (Light, CO2), one thread: seconds to train."""
-    torch.set_num_threads(1)
-    lines = (DATA / "datatraining.txt").read_text().splitlines()
-    path = tmp_path / "train.txt"
-    path.write_text("\n".join(lines[:801]) + "\n")
-    return {"data": {"path": str(path), "time_column": "date", "numeric": ["Light", "CO2"], "label": "Occupancy"},
-            "split": {"val_fraction": 0.2, "test_fraction": 0.2},
-            "model": {"family": "gru", "hidden": 4},
-            "train": train}
-
-
 def test_pipeline_trains_an_ensemble_and_serves_it_as_one_model(tmp_path: Path) -> None:
     from streamer.checkpoints import read_meta
     from streamer.model_source import load_checkpoint
     from training.pipeline import run
 
-    cfg = _small_config(tmp_path, {"epochs": 1, "batch": 4, "tbptt": 16, "ensemble": 3, "seed": 7, "pos_weight": 1.0})
+    cfg = small_occupancy_config(tmp_path, {"epochs": 1, "batch": 4, "tbptt": 16, "ensemble": 3, "seed": 7,
+                                            "pos_weight": 1.0})
     m = run(cfg, tmp_path / "out", progress=False)
     assert m["ensemble"]["members"] == 3 and m["ensemble"]["seeds"] == [7, 8, 9]
     served = load_checkpoint(tmp_path / "out" / "checkpoint")
@@ -123,8 +113,8 @@ def test_refit_replays_the_chosen_epochs_on_train_and_validation(tmp_path: Path)
     from training.fit import TrainConfig
     from training.pipeline import run
 
-    cfg = _small_config(tmp_path, {"epochs": 3, "patience": 3, "batch": 4, "tbptt": 16, "seed": 7, "pos_weight": 1.0,
-                                   "refit": True})
+    cfg = small_occupancy_config(tmp_path, {"epochs": 3, "patience": 3, "batch": 4, "tbptt": 16, "seed": 7,
+                                            "pos_weight": 1.0, "refit": True})
     m = run(cfg, tmp_path / "out", progress=False)
     meta = read_meta(tmp_path / "out" / "checkpoint")
     first, (refit,) = meta["training"]["history"], meta["training"]["refit_histories"]
@@ -141,3 +131,27 @@ def test_refit_replays_the_chosen_epochs_on_train_and_validation(tmp_path: Path)
     with pytest.raises(ConfigError):  # a refit is for event models
         run({**cfg, "data": {**cfg["data"], "label": None}}, tmp_path / "bad", progress=False)
 
+
+
+def test_events_section_sets_the_served_run_length(tmp_path: Path) -> None:
+    from streamer.checkpoints import read_meta
+    from training.pipeline import run
+
+    cfg = small_occupancy_config(tmp_path, {"epochs": 1, "batch": 4, "tbptt": 16, "seed": 7})
+    m = run({**cfg, "events": {"min_run": 2}}, tmp_path / "out", progress=False)
+    meta = read_meta(tmp_path / "out" / "checkpoint")
+    assert meta["thresholds"]["event_min_run"] == m["event_min_run"] == 2
+    assert "event_min_run" not in read_meta(_plain(cfg, tmp_path))["thresholds"]
+    for bad in ({"min_run": 0}, {"min_run": 1.5}, {"min_runs": 2}):
+        with pytest.raises(ConfigError, match=r"\[events\]"):
+            run({**cfg, "events": bad}, tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match=r"\[events\] is for event models"):
+        run({**cfg, "data": {**cfg["data"], "label": None}, "events": {"min_run": 2}}, tmp_path / "bad",
+            progress=False)
+
+
+def _plain(cfg: dict, tmp_path: Path) -> Path:
+    from training.pipeline import run
+
+    run(cfg, tmp_path / "plain", progress=False)
+    return tmp_path / "plain" / "checkpoint"

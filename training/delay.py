@@ -9,7 +9,10 @@ context window lives in the hidden state: L*F units of a standard RNN/GRU are fr
 which with eps = 1e-3 equals eps * x_{t-k, c} to within ~1e-4 relative. The remaining units are ordinary learned
 recurrent units. The forecast head is a dense Linear over all units, but during training its delay block is
 parameterised as NLinear (x_last + A @ (window - x_last), one A [H, L] shared by all channels) through
-torch.nn.utils.parametrize; `export` bakes it into the plain weight. The checkpoint is a standard RecurrentModel:
+torch.nn.utils.parametrize; `export` bakes it into the plain weight. An event model's delay line is its linear
+path: the event head's delay block is a logistic map of the last L readings (LinearEventHead), started at the
+memoryless LDA of the training rows on the newest reading, beside the learned units that add what the recurrent
+state knows (the model starts as the LDA and trains on from it). The checkpoint is a standard RecurrentModel:
 build_model(cfg) loads it and the engine serves it unchanged.
 
 GRU delay units: reset gate bias +30 (r = 1), update gate bias -30 (z ~ 1e-13), candidate n = tanh(W_hn h) with
@@ -50,6 +53,23 @@ class NLinearDelayHead(nn.Module):
     def forward(self, original: Tensor) -> Tensor:
         """The full head weight; the stored original is ignored while this parametrisation is registered."""
         return torch.cat([self.delay_weight(), self.W_learned], dim=1)
+
+
+class LinearEventHead(nn.Module):
+    """Parametrisation of the event head weight [1, L*F + m]: a linear map of the delay units + the learned part.
+
+    The map is held at the readings' own scale (the weight over the delay units is W / eps), so gradient steps
+    move it as fast as the learned part; the learned part is the head's own weight.
+    """
+
+    def __init__(self, weights: Tensor, eps: float = EPS) -> None:
+        super().__init__()
+        self.W = nn.Parameter(weights.clone())
+        self.eps = eps
+
+    def forward(self, original: Tensor) -> Tensor:
+        """The full head weight: the linear map over the delay units, then the learned columns of `original`."""
+        return torch.cat([self.W / self.eps, original[:, self.W.shape[1] :]], dim=1)
 
 
 class DelayLine:
@@ -133,6 +153,18 @@ class DelayLine:
         parametrize.register_parametrization(self.model.heads["forecast"], "weight", head, unsafe=True)
         with torch.no_grad():
             self.model.heads["forecast"].bias.zero_()
+        return head
+
+
+    def parametrize_event_head(self, weights: Tensor, bias: float) -> LinearEventHead:
+        """Register a linear path on the event head, started at `weights` [F] on the newest reading (other lags 0)."""
+        head_lin = self.model.heads["event"]
+        start = torch.zeros(head_lin.weight.shape[0], self.d, dtype=head_lin.weight.dtype)
+        start[:, : self.model.config.n_features] = weights.to(start.dtype)
+        head = LinearEventHead(start, self.eps).to(head_lin.weight.device)
+        parametrize.register_parametrization(head_lin, "weight", head, unsafe=True)
+        with torch.no_grad():
+            head_lin.bias.fill_(float(bias))
         return head
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import time
 import tomllib
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from streamer import checkpoints
+from streamer.detectors.events import event_probability
 from streamer.errors import ConfigError
 from streamer.models import ModelConfig, build_model, value_head
 from training.baselines import (
@@ -40,7 +41,7 @@ from training.layout import Stream
 from training.reports import plot_errors, plot_events, plot_forecast, plot_losses, plot_ridge, write_metrics
 from training.ridge import RidgeFit, fit_nlinear
 
-SECTIONS = {"data", "split", "model", "train", "report", "detectors"}
+SECTIONS = {"data", "split", "model", "train", "report", "detectors", "events"}
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -107,6 +108,21 @@ def _detectors(section: dict[str, Any], heads: tuple[str, ...]) -> dict[str, Any
             raise ConfigError(f"[detectors]: the model (heads {list(heads)}) has no forecast to score")
         return None
     return pipeline_config(chosen).to_dict()
+
+
+def _event_min_run(section: dict[str, Any], task: str) -> int | None:
+    """`[events] min_run`: readings beyond the threshold that start or end an event when served (None: unset)."""
+    extra = set(section) - {"min_run"}
+    if extra:
+        raise ConfigError(f"[events] unknown keys {sorted(extra)}")
+    if not section:
+        return None
+    if task != "event":
+        raise ConfigError("[events] is for event models (a [data] label)")
+    run = section["min_run"]
+    if not isinstance(run, int) or isinstance(run, bool) or run < 1:
+        raise ConfigError(f"[events] min_run must be an integer >= 1, got {run!r}")
+    return run
 
 
 def _train_config(section: dict[str, Any], task: str, device: str | None, epochs: int | None) -> TrainConfig:
@@ -178,39 +194,24 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     except TypeError as exc:
         raise ConfigError(f"[model]: {exc}") from exc
     detectors = _detectors(cfg.get("detectors", {}), heads)
-    if context and task != "forecast":
-        raise ConfigError("model.context (a delay line) is for forecasting")
-    if context and tc.ensemble > 1:
-        raise ConfigError("train.ensemble > 1 does not combine with model.context (a delay line)")
-    if tc.refit and (context or task != "event"):
-        raise ConfigError("train.refit is for event models without model.context")
-    if tc.ridge and not context:
-        raise ConfigError("train.ridge solves a delay line's map: it needs model.context")
+    event_run = _event_min_run(cfg.get("events", {}), task)
+    if context and tc.ensemble > 1 and task == "forecast":
+        raise ConfigError("train.ensemble > 1 does not combine with a forecaster's model.context (a delay line)")
+    if tc.refit and task != "event":
+        raise ConfigError("train.refit is for event models")
+    if tc.ridge and (not context or task != "forecast"):
+        raise ConfigError("train.ridge solves a forecasting delay line's map: it needs model.context and no label")
     members, histories, first_members, refit_histories = [], [], [], []
     closed_forms: list[dict[str, Any]] = []
     for i in range(tc.ensemble):
-        mc = replace(tc, seed=tc.seed + i)
-        torch.manual_seed(mc.seed)
-        model = build_model(model_cfg)
-        delay, closed = _delay_line(model, context, tc.ridge, x, train[0], val[0]) if context else (None, None)
-        if closed is not None:
-            closed_forms.append(closed.to_dict())
-        if closed is not None and mc.epochs == 0:
-            histories.append(History(stopped="closed form only (train.epochs = 0)"))
-        else:
-            histories.append(fit(model, mc, train, val, delay, keep_initial=closed is not None))
-        export(model)
-        if tc.refit:
-            # early stopping on the validation tail chose the epoch count (and its learning rates); the same
-            # seed now trains a fresh model on all of train + validation for exactly those epochs
-            first_members.append(model.cpu().eval())
-            torch.manual_seed(mc.seed)
-            model = build_model(model_cfg)
-            h = histories[-1]
-            refit_histories.append(fit(model, mc, _train_and_val(train[0], val[0]), [],
-                                       lr_plan=h.lr[: h.best_epoch + 1]))
-            export(model)
-        members.append(model.cpu().eval())
+        member = _fit_member(model_cfg, replace(tc, seed=tc.seed + i), context, x, train, val)
+        members.append(member.model)
+        histories.append(member.history)
+        if member.closed is not None:
+            closed_forms.append(member.closed.to_dict())
+        if member.first is not None:
+            first_members.append(member.first)
+            refit_histories.append(member.refit_history)
     # one member: itself; several: one model that is their mean, step for step (training.ensemble)
     model = members[0] if len(members) == 1 else merge(members)
     hist = histories[0]
@@ -247,6 +248,8 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         lda = _fit_lda(_train_and_val(train[0], val[0]) if tc.refit else train)
         baselines = {"lda": lda.to_dict()} if lda is not None else None
         thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold, lda)
+        if event_run is not None:  # the served event detector's run length (min_on = min_off)
+            thresholds["event_min_run"] = metrics["event_min_run"] = event_run
         # out of sample on the validation rows for both: the first fit, and an LDA fitted on the training rows only
         lda_train = _fit_lda(train) if tc.refit else lda
         if lda_train is not None:
@@ -262,8 +265,10 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
         "normalization": norm.to_dict(),
         "horizon": horizon,
         "context": {"kind": "delay_line", "length": context, "units": context * len(spec.numeric),
-                    "note": "the last `length` readings live in the first units of the recurrent state; "
-                            "the engine serves the model unchanged"} if context else None,
+                    "note": "the last `length` readings live in the first units of the recurrent state"
+                            + ("" if task == "forecast" else ", the event head's linear path (started at the "
+                               "LDA of the training rows)") + "; the engine serves the model unchanged"}
+        if context else None,
         "thresholds": thresholds,
         "baselines": baselines,
         "detectors": detectors,
@@ -280,6 +285,57 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     metrics["total_seconds"] = time.monotonic() - t_start
     write_metrics(report_dir, metrics)
     return metrics
+
+
+@dataclass
+class _Member:
+    """One fitted model; with a refit, also the first fit (whose threshold is served) and the refit's history."""
+
+    model: Any
+    history: History
+    closed: RidgeFit | None = None
+    first: Any = None
+    refit_history: History | None = None
+
+
+def _fit_member(model_cfg: ModelConfig, mc: TrainConfig, context: int, x: np.ndarray, train: list[Stream],
+                val: list[Stream]) -> _Member:
+    """Build, fit and export one model; with train.refit, fit a fresh one on train + validation for the epochs
+    (and learning rates) early stopping chose on the validation tail."""
+    torch.manual_seed(mc.seed)
+    model, delay, closed = _build_with_context(model_cfg, context, mc.ridge, x, train, val)
+    if closed is not None and mc.epochs == 0:
+        history = History(stopped="closed form only (train.epochs = 0)")
+    else:
+        history = fit(model, mc, train, val, delay, keep_initial=closed is not None)
+    export(model)
+    if not mc.refit:
+        return _Member(model.cpu().eval(), history, closed)
+    first = model.cpu().eval()
+    torch.manual_seed(mc.seed)
+    both = _train_and_val(train[0], val[0])
+    model, delay, _ = _build_with_context(model_cfg, context, (), x, both, [])
+    refit_history = fit(model, mc, both, [], delay, lr_plan=history.lr[: history.best_epoch + 1])
+    export(model)
+    return _Member(model.cpu().eval(), history, closed, first, refit_history)
+
+
+def _build_with_context(model_cfg: ModelConfig, context: int, ridges: tuple[float, ...], x: np.ndarray,
+                        train: list[Stream], val: list[Stream]) -> tuple[Any, DelayLine | None, RidgeFit | None]:
+    """A fresh model; with model.context, its delay line: a forecaster's NLinear head (solved in closed form when
+    ridges are given), an event model's linear path started at the LDA of the rows it is fitted on."""
+    model = build_model(model_cfg)
+    if not context:
+        return model, None, None
+    if "event" not in model_cfg.heads:
+        return (model, *_delay_line(model, context, ridges, x, train[0], val[0]))
+    lda = _fit_lda(train)
+    if lda is None:
+        raise ConfigError("model.context on an event model starts its linear path at the LDA of the training "
+                          "rows, which needs both classes there")
+    delay = DelayLine(model, context)
+    delay.parametrize_event_head(torch.from_numpy(lda.weights), lda.bias)
+    return model, delay, None
 
 
 def _delay_line(model, context: int, ridges: tuple[float, ...], x: np.ndarray, train: Stream,
@@ -337,7 +393,7 @@ def _train_and_val(train: Stream, val: Stream) -> list[Stream]:
 
 def _event_probabilities(model, stream: Stream) -> np.ndarray:
     """P(event) for rows [0, stream.hi) from one causal pass from row 0."""
-    return 1.0 / (1.0 + np.exp(-predict_stream(model, stream, end=stream.hi, heads=("event",))["event"][:, 0]))
+    return event_probability(predict_stream(model, stream, end=stream.hi, heads=("event",))["event"][:, 0])
 
 
 def _accuracy(scores: np.ndarray, rows: Stream, threshold: float) -> float:
@@ -359,7 +415,7 @@ def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics
     vp = _event_probabilities(model, val)
     thr = calibrate_event_threshold(vp[val.lo : val.hi], val.labels[val.lo : val.hi]) if threshold is None \
         else float(threshold)
-    tp = 1.0 / (1.0 + np.exp(-predict_stream(model, test, heads=("event",))["event"][:, 0]))
+    tp = event_probability(predict_stream(model, test, heads=("event",))["event"][:, 0])
     lab = test.labels[test.lo : test.hi]
     prob = tp[test.lo : test.hi]
     m = event_metrics(prob, lab, thr, tol)
@@ -370,7 +426,7 @@ def _event_report(model, val: Stream, test: Stream, cfg: dict[str, Any], metrics
     metrics["repeat_label_accuracy"] = event_baseline(lab, 1)
     metrics["test_errors"] = int(((prob >= thr) != (lab >= 0.5)).sum())
     if lda is not None:
-        lp = 0.5 * (1.0 + np.tanh(0.5 * lda.logit(test.x[test.lo : test.hi])))  # a sigmoid that cannot overflow
+        lp = event_probability(lda.logit(test.x[test.lo : test.hi]))
         lm = event_metrics(lp, lab, 0.5, tol)
         metrics.update(lda_accuracy=lm["accuracy"], lda_onset_recall=lm["onset_recall"],
                        lda_offset_recall=lm["offset_recall"],

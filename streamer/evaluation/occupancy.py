@@ -2,10 +2,13 @@
 
 The model is trained offline by `training.pipeline` on the training file only (its last rows are the validation
 tail that picks the epoch and the decision threshold), or loaded from a checkpoint. The built-in configuration
-(DEFAULT_TRAINING, the same as examples/occupancy.toml) is one 16-unit GRU on the five sensors, its loss weighted
-up near label changes, refit on the whole training file once the validation tail chose the epochs; `ensemble = k`
-trains seeds seed..seed+k-1 and merges them (`training.ensemble.merge`) into one k-times-wider GRU whose output is
-the members' mean logit, so the engine still serves one model. The test file is then streamed
+(DEFAULT_TRAINING, the same as examples/occupancy.toml) is one 16-unit GRU on the five sensors beside a linear path
+over the newest reading (five delay units of the state read by the event head, started at the memoryless LDA of the
+training rows), its loss weighted up near label changes, refit on the whole training file once the validation tail
+chose the epochs; three seeds of it merged (`training.ensemble.merge`) into one three-times-wider GRU whose output
+is the members' mean logit, so the engine still serves one model; served with events of at least 3 readings. The
+linear path, the ensemble and the run length were chosen by cross-validation over the days of datatraining.txt
+(benchmarks/occupancy_cv.py). The test file is then streamed
 once, in time order, in chunks of readings through `Engine.step` exactly as the daemon feeds it (readings z-scored
 with the checkpoint's training statistics, per-stream state carried in the state store, never reset), and the
 per-reading event probabilities go through the hysteresis detector `HysteresisEvents`, whose state lives in the
@@ -35,6 +38,7 @@ import numpy as np
 from streamer.schema import json_safe
 
 TOLERANCE = 2  # minutes (rows) either side
+LONG_RUN = 5  # minutes: a boundary is "long" when the absence and the presence it separates both last this long
 
 #: what `streamer eval occupancy` trains when no --config is given (examples/occupancy.toml holds the same)
 DEFAULT_TRAINING: dict[str, Any] = {
@@ -44,23 +48,25 @@ DEFAULT_TRAINING: dict[str, Any] = {
         "label": "Occupancy",
     },
     "split": {"val_fraction": 0.15},
-    "model": {"family": "gru", "hidden": 16, "horizon": 1},
+    "model": {"family": "gru", "hidden": 16, "horizon": 1, "context": 1},
     "train": {"mode": "stateful", "epochs": 40, "batch": 16, "tbptt": 32, "washout": 0, "lr": 0.01,
               "pos_weight": 1.0, "clip_norm": 1.0, "recurrent_dropout": 0.0, "patience": 6,
-              "lr_schedule": "plateau", "seed": 0, "ensemble": 1, "max_minutes": 7,
+              "lr_schedule": "plateau", "seed": 0, "ensemble": 3, "max_minutes": 7,
               "transition_weight": 2.0, "refit": True},
+    "events": {"min_run": 3},
     "report": {"tolerance": TOLERANCE},
 }
 
 
 @dataclass(frozen=True)
 class EventSettings:
-    """The hysteresis detector's settings; on/off default to the checkpoint's calibrated threshold."""
+    """The hysteresis detector's settings; on/off default to the checkpoint's calibrated threshold, the run lengths
+    to the checkpoint's `[events] min_run` (else 1), as the daemon serves them."""
 
     on: float | None = None
     off: float | None = None
-    min_on: int = 1
-    min_off: int = 1
+    min_on: int | None = None
+    min_off: int | None = None
     chunk: int = 60  # readings per engine step (any chunking gives the same outputs)
     tolerance: int = TOLERANCE
 
@@ -76,6 +82,14 @@ def boundaries(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of onsets (0 -> 1) and offsets (1 -> 0) of a 0/1 series: the first row of the new value."""
     d = np.diff(np.asarray(binary, dtype=np.int8))
     return np.flatnonzero(d == 1) + 1, np.flatnonzero(d == -1) + 1
+
+
+def long_boundary_mask(binary: np.ndarray, rows: np.ndarray, min_run: int = LONG_RUN) -> np.ndarray:
+    """bool per boundary row in `rows`: the runs of the 0/1 series on both sides last at least `min_run` rows."""
+    on, off = boundaries(binary)
+    edges = np.concatenate([[0], np.sort(np.concatenate([on, off])), [len(binary)]])
+    at = np.searchsorted(edges, np.asarray(rows, dtype=np.int64))  # edges[at] is the boundary itself
+    return (edges[at] - edges[at - 1] >= min_run) & (edges[at + 1] - edges[at] >= min_run)
 
 
 def match(true: np.ndarray, detected: np.ndarray, tol: int) -> list[tuple[int, int]]:
@@ -128,6 +142,11 @@ def event_scores(labels: np.ndarray, predicted: np.ndarray, det_onsets: np.ndarr
         out[f"{kind}_recall"] = len(pairs) / len(true) if len(true) else float("nan")
         out[f"{kind}_delay_mean_min"] = float(np.mean(d)) if d else float("nan")
         out[f"{kind}_missed_rows"] = sorted(set(true.tolist()) - {int(true[i]) for i, _ in pairs})
+        long = long_boundary_mask(lab, true)
+        hit = np.zeros(len(true), dtype=bool)
+        hit[[i for i, _ in pairs]] = True
+        out[f"long_{kind}s"] = int(long.sum())
+        out[f"long_{kind}_recall"] = float(hit[long].mean()) if long.any() else float("nan")
     days = len(lab) / rows_per_day
     out["mean_delay_min"] = float(np.mean(delays)) if delays else float("nan")
     out["false_events"] = false
@@ -151,12 +170,14 @@ def stream_test(served: Any, ts: np.ndarray, values: np.ndarray, settings: Event
     """
     from tqdm import tqdm
 
-    from streamer.detectors import HysteresisEvents
+    from streamer.detectors import HysteresisEvents, event_probability
     from streamer.engine import Chunk, Engine
 
     on = threshold if settings.on is None else settings.on
     off = min(on, threshold if settings.off is None else settings.off)
-    det = HysteresisEvents(on=on, off=off, min_on=settings.min_on, min_off=settings.min_off, kind="occupancy")
+    run = getattr(served, "event_min_run", None) or 1
+    det = HysteresisEvents(on=on, off=off, min_on=settings.min_on or run, min_off=settings.min_off or run,
+                           kind="occupancy")
     engine = Engine.from_model(served.model, capacity=1, device="cpu")
     store = engine.store
     n = len(ts)
@@ -168,7 +189,7 @@ def stream_test(served: Any, ts: np.ndarray, values: np.ndarray, settings: Event
             b = min(a + settings.chunk, n)
             x = ((values[a:b] - served.mean) / served.std).astype(np.float32)
             (res,) = engine.step([Chunk(stream, ts[a:b], x)])
-            p = 1.0 / (1.0 + np.exp(-res.outputs["event"][:, 0].astype(np.float64)))
+            p = event_probability(res.outputs["event"][:, 0].astype(np.float64))
             prob[a:b] = p
             st = (store.get_extra(stream) if stream in store else None) or {"events": det.init_state()}
             for t in range(b - a):  # one reading at a time only to record the state after each (causal)
@@ -181,7 +202,8 @@ def stream_test(served: Any, ts: np.ndarray, values: np.ndarray, settings: Event
     onsets = [m for m in messages if m["type"] == "onset"]
     offsets = [m for m in messages if m["type"] == "offset"]
     return {
-        "prob": prob, "active": active, "messages": messages, "on": on, "off": off,
+        "prob": prob, "active": active, "messages": messages, "on": on, "off": off, "min_on": det.min_on,
+        "min_off": det.min_off,
         "onset_rows": np.array([row[m["start"]] for m in onsets], dtype=np.int64),
         "onset_emitted": np.array([row[m["ts"]] for m in onsets], dtype=np.int64),
         "offset_rows": np.array([row[m["end"]] for m in offsets], dtype=np.int64),
@@ -272,7 +294,8 @@ def lda_baseline(pred: np.ndarray | None, labels: np.ndarray, active: np.ndarray
     on, off = boundaries(pred)
     sc = event_scores(labels, pred, on, off, tol=tol)
     return {"method": "lda", "accuracy": sc["accuracy"], "onset_recall": sc["onset_recall"],
-            "offset_recall": sc["offset_recall"], **error_overlap(labels, active, pred)}
+            "offset_recall": sc["offset_recall"], "long_onset_recall": sc["long_onset_recall"],
+            "long_offset_recall": sc["long_offset_recall"], **error_overlap(labels, active, pred)}
 
 
 # ------------------------------------------------------------------------------------------------------------ run
@@ -296,14 +319,54 @@ def training_config(train: Path, test: Path | None, base: dict[str, Any] | None 
     return cfg
 
 
+def train_for_eval(train: Path, test: Path, out: Path | None, config: Path | None, epochs: int | None,
+                   seed: int | None, progress: bool) -> tuple[Path, dict[str, Any]]:
+    """Train the event model (the built-in configuration or `config`) on `train`; its checkpoint and a summary."""
+    import tempfile
+
+    from training.pipeline import load_config
+    from training.pipeline import run as train_run
+
+    base = None
+    if config is not None:
+        base = load_config(config)
+        base["_source"] = str(config)
+    cfg = training_config(train, test, base, epochs, seed)
+    work = Path(out) / "train" if out is not None else Path(tempfile.mkdtemp(prefix="occupancy-"))
+    metrics = train_run(cfg, work, progress=progress)
+    info = {"train_seconds": round(metrics["train_seconds"], 2), "best_epoch": metrics["best_epoch"],
+            "epochs_run": metrics["epochs_run"], "val_accuracy": metrics.get("val_accuracy"),
+            "pipeline_test_accuracy": metrics.get("test_accuracy")}
+    if "ensemble" in metrics:
+        info["ensemble"] = metrics["ensemble"]
+    return work / "checkpoint", info
+
+
+def event_checkpoint(checkpoint: Path) -> tuple[Any, dict[str, Any], Any]:
+    """The served model, metadata and feature spec of an event checkpoint; ConfigError if it cannot be evaluated."""
+    from streamer.checkpoints import read_meta
+    from streamer.errors import ConfigError
+    from streamer.model_source import load_checkpoint
+    from training.data import FeatureSpec
+
+    served, meta = load_checkpoint(checkpoint), read_meta(checkpoint)
+    if "event" not in served.model.config.heads:
+        raise ConfigError(f"{checkpoint}: the model has no event head (heads {served.model.config.heads})")
+    spec = FeatureSpec.from_dict(meta["features"])
+    if not spec.label:
+        raise ConfigError(f"{checkpoint}: the feature spec has no label column")
+    if spec.categorical:
+        raise ConfigError(f"{checkpoint}: categorical inputs are not served by the daemon; retrain without them")
+    return served, meta, spec
+
+
 def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoint: Path | None = None,
         config: Path | None = None, settings: EventSettings | None = None, epochs: int | None = None,
         seed: int | None = None, progress: bool = True, plots: bool = True,
         time_column: str | None = None) -> dict[str, Any]:
     """The whole evaluation; returns the summary (also written to OUT/summary.json when out is given)."""
     from streamer.errors import ConfigError
-    from streamer.model_source import load_checkpoint
-    from training.data import FeatureSpec, load_csv
+    from training.data import load_csv
 
     settings = settings or EventSettings()
     started = time.perf_counter()
@@ -311,37 +374,10 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
     if checkpoint is None:
         if train is None:
             raise ConfigError("give --train FILE (to train) or --checkpoint DIR")
-        from training.pipeline import load_config
-        from training.pipeline import run as train_run
-
-        base = None
-        if config is not None:
-            base = load_config(config)
-            base["_source"] = str(config)
-        cfg = training_config(train, test, base, epochs, seed)
-        import tempfile
-
-        work = Path(out) / "train" if out is not None else Path(tempfile.mkdtemp(prefix="occupancy-"))
-        metrics = train_run(cfg, work, progress=progress)
-        checkpoint = work / "checkpoint"
-        train_info = {"train_seconds": round(metrics["train_seconds"], 2), "best_epoch": metrics["best_epoch"],
-                      "epochs_run": metrics["epochs_run"], "val_accuracy": metrics.get("val_accuracy"),
-                      "pipeline_test_accuracy": metrics.get("test_accuracy")}
-        if "ensemble" in metrics:
-            train_info["ensemble"] = metrics["ensemble"]
+        checkpoint, train_info = train_for_eval(train, test, out, config, epochs, seed, progress)
     t_train = time.perf_counter() - started
-    served = load_checkpoint(checkpoint)
-    from streamer.checkpoints import read_meta
-
-    meta = read_meta(checkpoint)
-    if "event" not in served.model.config.heads:
-        raise ConfigError(f"{checkpoint}: the model has no event head (heads {served.model.config.heads})")
+    served, meta, spec = event_checkpoint(checkpoint)
     threshold = float((meta.get("thresholds") or {}).get("event", 0.5))
-    spec = FeatureSpec.from_dict(meta["features"])
-    if not spec.label:
-        raise ConfigError(f"{checkpoint}: the feature spec has no label column")
-    if spec.categorical:
-        raise ConfigError(f"{checkpoint}: categorical inputs are not served by the daemon; retrain without them")
     series = load_csv(test, spec, time_column)
     if len(series) != 1:
         raise ConfigError(f"{test}: {len(series)} streams; one expected")
@@ -358,6 +394,8 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
         "accuracy": scores["accuracy"],
         "onset_recall": scores["onset_recall"],
         "offset_recall": scores["offset_recall"],
+        "long_onset_recall": scores["long_onset_recall"],
+        "long_offset_recall": scores["long_offset_recall"],
         "mean_delay_min": scores["mean_delay_min"],
         "false_events_per_day": scores["false_events_per_day"],
         "accuracy_at_threshold": thr_acc,
@@ -366,7 +404,8 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
         "rows": int(len(labels)),
         "details": {k: v for k, v in scores.items() if k not in ("accuracy",)},
         "threshold": threshold,
-        "detector": {"on": res["on"], "off": res["off"], **settings.to_dict()},
+        "detector": {**settings.to_dict(), "on": res["on"], "off": res["off"], "min_on": res["min_on"],
+                     "min_off": res["min_off"]},
         "checkpoint": str(checkpoint),
         "features": list(spec.numeric),
         "model": served.model.config.to_dict(),
@@ -377,13 +416,18 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
         "seconds": round(time.perf_counter() - started, 2),
     }
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_rows(out / "rows.csv", s.ts, labels, res)
-        (out / "events.json").write_text(json.dumps(res["messages"], indent=1) + "\n")
-        if plots:
-            plot(out / "occupancy.png", s.ts, labels, res, scores, base_pred)
+        write_outputs(Path(out), s.ts, labels, res, scores, base_pred, plots)
         summary["seconds"] = round(time.perf_counter() - started, 2)
-        (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+        (Path(out) / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     return json_safe(summary)
+
+
+def write_outputs(out: Path, ts: np.ndarray, labels: np.ndarray, res: dict[str, Any], scores: dict[str, Any],
+                  baseline: np.ndarray | None, plots: bool) -> None:
+    """OUT/rows.csv (per minute), OUT/events.json (the messages) and, with plots, OUT/occupancy.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(out / "rows.csv", ts, labels, res)
+    (out / "events.json").write_text(json.dumps(res["messages"], indent=1) + "\n")
+    if plots:
+        plot(out / "occupancy.png", ts, labels, res, scores, baseline)
 
