@@ -138,6 +138,12 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         if ts_range is not None and not ts_range[0] <= ts <= ts_range[1]:
             _check_range(ts, ts, ts_range)
         return stream, [ts], [row], False
+    return stream, ts, _chunk_rows(ts, values, n_features, channels, ts_range), True
+
+
+def _chunk_rows(ts: list[int], values: list, n_features: int, channels: tuple[str, ...] | None,
+                ts_range: tuple[int, int] | None) -> list[list[float]]:
+    """A chunk record's rows of values, checked: shapes, finite values, increasing timestamps in range."""
     if len(ts) != len(values):
         raise InvalidRecord("wrong_shape", f"{len(ts)} timestamps but {len(values)} rows of values")
     # The checks of a chunk run in builtins over whole lists (no per-reading Python): rows are all lists or all
@@ -155,7 +161,7 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
         raise InvalidRecord("unordered_chunk", "timestamps of a chunk must strictly increase")
     if ts_range is not None:
         _check_range(ts[0], ts[-1], ts_range)
-    return stream, ts, rows, True
+    return rows
 
 
 def forecasts_of(msg: dict) -> list[dict]:
