@@ -360,13 +360,23 @@ def event_checkpoint(checkpoint: Path) -> tuple[Any, dict[str, Any], Any]:
     return served, meta, spec
 
 
+def one_series(path: Path, spec: Any, time_column: str | None) -> Any:
+    """The test file's one labelled series (ConfigError when it holds several streams)."""
+    from streamer.errors import ConfigError
+    from training.data import load_csv
+
+    series = load_csv(path, spec, time_column)
+    if len(series) != 1:
+        raise ConfigError(f"{path}: {len(series)} streams; one expected")
+    return series[0]
+
+
 def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoint: Path | None = None,
         config: Path | None = None, settings: EventSettings | None = None, epochs: int | None = None,
         seed: int | None = None, progress: bool = True, plots: bool = True,
         time_column: str | None = None) -> dict[str, Any]:
     """The whole evaluation; returns the summary (also written to OUT/summary.json when out is given)."""
     from streamer.errors import ConfigError
-    from training.data import load_csv
 
     settings = settings or EventSettings()
     started = time.perf_counter()
@@ -378,10 +388,7 @@ def run(test: Path, out: Path | None = None, train: Path | None = None, checkpoi
     t_train = time.perf_counter() - started
     served, meta, spec = event_checkpoint(checkpoint)
     threshold = float((meta.get("thresholds") or {}).get("event", 0.5))
-    series = load_csv(test, spec, time_column)
-    if len(series) != 1:
-        raise ConfigError(f"{test}: {len(series)} streams; one expected")
-    s = series[0]
+    s = one_series(test, spec, time_column)
     labels = (s.labels >= 0.5).astype(np.int8)
     res = stream_test(served, s.ts, s.values, settings, threshold, progress=progress)
     scores = event_scores(labels, res["active"], res["onset_rows"], res["offset_rows"], res["onset_emitted"],
