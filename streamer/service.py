@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0  # consumer lag is asked of the broker this often: a metadata round trip, not worth every batch
 # first and longest wait before a new session after a Kafka failure: quick for a blip, gentle on a broker down
 SESSION_BACKOFF_S = (1.0, 30.0)
+PRODUCER_CLOSE_S = 10  # longest wait for the producer's buffered records when a session ends (a failed one may hang)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -251,7 +252,7 @@ class Service:
             self.commits.close()  # a failed session: join the commit in flight, then close
             self.restoration.close()
             consumer.close(autocommit=False)
-            producer.close(timeout=10)
+            producer.close(timeout=PRODUCER_CLOSE_S)
 
     def _after_poll(self, consumer, now: float, timers: dict[str, float], got_records: bool) -> None:
         """What the loop does after each poll besides processing: commit on the interval, account for a finished

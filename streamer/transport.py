@@ -410,6 +410,11 @@ def next_offsets(records: Iterable) -> dict[TopicPartition, OffsetAndMetadata]:
     return {TopicPartition(*key): OffsetAndMetadata(off + 1, "", -1) for key, off in last.items()}
 
 
+# the lag gauges' broker round trips are bounded: a slow broker delays the gauges, never the loop for long
+END_OFFSETS_TIMEOUT_MS = 1000  # end offsets of partitions with no fetch yet (paused while restoring)
+POSITION_TIMEOUT_MS = 200  # a partition's position (local unless a reset is pending)
+
+
 def partition_lags(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
     """Records left to read in each assigned partition whose position and end the broker gives in time."""
     assigned = consumer.assignment()
@@ -417,13 +422,13 @@ def partition_lags(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
     unknown = [tp for tp, end in ends.items() if end is None]  # paused, or not fetched yet
     if unknown:
         try:
-            ends.update(consumer.end_offsets(unknown, timeout_ms=1000))
+            ends.update(consumer.end_offsets(unknown, timeout_ms=END_OFFSETS_TIMEOUT_MS))
         except KafkaError:
             pass
     lags = {}
     for tp in assigned:
         try:
-            pos = consumer.position(tp, timeout_ms=200)
+            pos = consumer.position(tp, timeout_ms=POSITION_TIMEOUT_MS)
         except KafkaError:
             continue
         if pos is not None and ends.get(tp) is not None:
