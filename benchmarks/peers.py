@@ -70,6 +70,13 @@ def consumer_loop(bootstrap: str, src: str, out: str, group: str, handle: Any) -
 
     consumer = KafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                              enable_auto_commit=False)
+    # the group's first join (in the first poll) must come after the topic's metadata: a leader that joins before
+    # it assigns nothing and kafka-python never rejoins (dpkp/kafka-python#2377; the daemon waits the same way)
+    deadline = time.monotonic() + 30
+    while not consumer.partitions_for_topic(src):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no partition metadata for {src}")
+        time.sleep(0.1)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     committed = time.monotonic()
     while True:
