@@ -76,13 +76,10 @@ def name(candidate: tuple[int, str, int], run: int) -> str:
 def held_day_scores(checkpoint: Path, path: Path, lo: int, hi: int, runs: tuple[int, ...]) -> dict[int, dict]:
     """Per event run length: the served detector's wrong minutes and false events on rows [lo, hi), the stream
     fed through the engine from row 0 as the daemon would."""
-    from streamer.checkpoints import read_meta
     from streamer.evaluation import occupancy as occ
-    from streamer.model_source import load_checkpoint
-    from training.data import FeatureSpec
 
-    served, meta = load_checkpoint(checkpoint), read_meta(checkpoint)
-    series = load_csv(path, FeatureSpec.from_dict(meta["features"]), "date")[0]
+    served, meta, spec = occ.event_checkpoint(checkpoint)
+    series = load_csv(path, spec, "date")[0]
     labels = (series.labels[lo:hi] >= 0.5).astype(np.int8)
     out = {}
     for run in runs:

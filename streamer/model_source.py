@@ -116,12 +116,18 @@ def check_servable(served: ServedModel, settings: Settings) -> ServedModel:
     return served
 
 
+def default_event_run(served: ServedModel) -> int:
+    """Readings beyond a level that start or end an event unless a setting says otherwise: the checkpoint's
+    `[events] min_run`, else 1 with a calibrated threshold (whose per-reading decisions training scored), else 3."""
+    return served.event_min_run or (1 if served.event_threshold is not None else 3)
+
+
 def event_hysteresis(settings: Settings, served: ServedModel) -> tuple[float, float, int]:
     """The event head's (on, off) probability levels and run length: the settings', else the checkpoint's calibrated
     threshold and run length (1 when it names none: the per-reading decisions training scored on validation rows),
     else 0.6, 0.4 and 3."""
     o, thr = settings.output, served.event_threshold
-    run = o.event_min_run or served.event_min_run or (1 if thr is not None else 3)
+    run = o.event_min_run or default_event_run(served)
     on = o.event_on if o.event_on is not None else (thr if thr is not None else 0.6)
     off = o.event_off if o.event_off is not None else (thr if thr is not None else 0.4)
     if off > on:

@@ -155,7 +155,6 @@ class DelayLine:
             self.model.heads["forecast"].bias.zero_()
         return head
 
-
     def parametrize_event_head(self, weights: Tensor, bias: float) -> LinearEventHead:
         """Register a linear path on the event head, started at `weights` [F] on the newest reading (other lags 0)."""
         head_lin = self.model.heads["event"]

@@ -61,7 +61,7 @@ DEFAULT_TRAINING: dict[str, Any] = {
 @dataclass(frozen=True)
 class EventSettings:
     """The hysteresis detector's settings; on/off default to the checkpoint's calibrated threshold, the run lengths
-    to the checkpoint's `[events] min_run` (else 1), as the daemon serves them."""
+    to what the daemon serves (model_source.default_event_run)."""
 
     on: float | None = None
     off: float | None = None
@@ -172,10 +172,11 @@ def stream_test(served: Any, ts: np.ndarray, values: np.ndarray, settings: Event
 
     from streamer.detectors import HysteresisEvents, event_probability
     from streamer.engine import Chunk, Engine
+    from streamer.model_source import default_event_run
 
     on = threshold if settings.on is None else settings.on
     off = min(on, threshold if settings.off is None else settings.off)
-    run = getattr(served, "event_min_run", None) or 1
+    run = default_event_run(served)
     det = HysteresisEvents(on=on, off=off, min_on=settings.min_on or run, min_off=settings.min_off or run,
                            kind="occupancy")
     engine = Engine.from_model(served.model, capacity=1, device="cpu")
