@@ -47,3 +47,23 @@ def test_the_choice_is_the_fewest_wrong_minutes_within_the_false_event_budget(
         assert per_day[chosen] == min(per_day.values())
     for by_seed in out["wrong_minutes"].values():
         assert all(0 <= v <= 1440 for v in by_seed["0"])
+
+
+def test_the_nested_figure_scores_each_day_with_the_choice_of_the_other_days() -> None:
+    # "a" wins days 0 and 1 and fails day 2; "b" is steady: chosen in sample and whenever day 2 is among the others
+    result = {"space": {"seeds": [0]},
+              "folds": [{"held_day": d, "minutes": 1440} for d in ("d0", "d1", "d2")],
+              "wrong_minutes": {"a": {"0": [1, 1, 90]}, "b": {"0": [10, 10, 10]}},
+              "false_events": {"a": {"0": [0, 0, 1]}, "b": {"0": [1, 1, 1]}}}
+    best, totals, _ = occupancy_cv.choose(result["wrong_minutes"], result["false_events"], [1440] * 3, range(3))
+    assert best == "b" and totals == {"a": 92, "b": 30}
+    out = occupancy_cv.nested(result)
+    assert [d["chosen"] for d in out["days"]] == ["b", "b", "a"]
+    assert out["wrong_minutes"] == 10 + 10 + 90 and out["false_events_per_day"] == 1.0
+    assert occupancy_cv.nested({**result, "folds": result["folds"][:1]}) is None  # one day: nothing to choose on
+
+
+def test_a_candidate_over_the_false_event_budget_is_not_chosen() -> None:
+    errors = {"few": {"0": [0, 0]}, "many": {"0": [5, 5]}}
+    false_events = {"few": {"0": [3, 3]}, "many": {"0": [1, 1]}}
+    assert occupancy_cv.choose(errors, false_events, [1440, 1440], range(2))[0] == "many"
