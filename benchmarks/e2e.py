@@ -3,7 +3,7 @@
 For S streams and N readings, once with single-reading records and once with chunk records of 32
 readings, in one run:
   (a) bare_consume_per_s  a bare kafka-python consumer (the daemon's fetch settings, kafka-python's own record
-                          decoding; the daemon uses streamer.record_reader) + json.loads;
+                          decoding; the daemon uses streamer.kafka.fast_paths) + json.loads;
   (b) e2e_eos_per_s       `streamer serve` (child process) with exactly-once, over the pre-produced topic;
   (c) e2e_per_s           the same at-least-once;
   (d) p50/p99_latency_ms  reading sent (its ts) to forecast received read_committed, at half of (b): of the (b)
@@ -42,10 +42,12 @@ import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
-from streamer import record_reader
 from streamer.config import KafkaSettings
+from streamer.kafka import fast_paths
+from streamer.kafka.clients import make_consumer
+from streamer.kafka.fast_paths import RecordAppender
 from streamer.local_kafka import LocalKafka
-from streamer.transport import OutRecord, RecordAppender, make_consumer
+from streamer.schema import OutRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 32
@@ -250,10 +252,10 @@ class Serve:
 
 def watcher(bootstrap: str, topic: str) -> KafkaConsumer:
     """The benchmark's own read_committed reader of a forecast topic (no group), from the beginning; it decodes
-    with record_reader, so that the measuring takes less of the cores the daemon under test runs on."""
+    with streamer.kafka.fast_paths, so that the measuring takes less of the cores the daemon under test runs on."""
     c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False,
                       fetch_max_wait_ms=50, max_partition_fetch_bytes=8 * 1024 * 1024, client_id="e2e-watch")
-    record_reader.install(c)
+    fast_paths.install(c)
     parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
     c.assign(parts)
     c.seek_to_beginning(*parts)

@@ -1,6 +1,6 @@
-"""Record decoding alone: kafka-python's PartitionRecords against streamer.record_reader, per fetched record.
+"""Record decoding alone: kafka-python's PartitionRecords against streamer.kafka.fast_paths, per fetched record.
 
-The daemon's consumer decodes fetched record batches with streamer.record_reader; this measures both on the
+The daemon's consumer decodes fetched record batches with streamer.kafka.fast_paths; this measures both on the
 same bytes (batches of the benchmark's single-reading records, no broker), medians of --reps runs.
 
 Usage: python -m benchmarks.records [--json] [--reps N] [--batch N]
@@ -17,7 +17,7 @@ from kafka.consumer.fetcher import Fetcher
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.structs import TopicPartition
 
-from streamer.record_reader import FastPartitionRecords
+from streamer.kafka.fast_paths import FastPartitionRecords
 
 TP = TopicPartition("readings", 0)
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
            "fast_us_per_record": fast, "speedup": stock / fast, "reps": args.reps}
     print(f"decoding {n:,} fetched records ({out['bytes_per_record']:.0f} B each), medians of {args.reps}:")
     print(f"  kafka-python PartitionRecords   {stock:6.2f} us/record")
-    print(f"  streamer.record_reader          {fast:6.2f} us/record   ({stock / fast:.1f}x)")
+    print(f"  streamer.kafka.fast_paths          {fast:6.2f} us/record   ({stock / fast:.1f}x)")
     if args.json:
         print(json.dumps(out))
     return 0

@@ -80,8 +80,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Produce CSV series into a topic as readings or chunks."""
     from tqdm import tqdm
 
-    from streamer.replay import load_series, replay
-    from streamer.transport import make_producer
+    from streamer.kafka.clients import make_producer
+    from streamer.kafka.replay import load_series, replay
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
@@ -111,7 +111,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     """Print the effective settings, secrets masked (exit 2 naming the setting when one is wrong), or with
     --reference every setting with its type, default and meaning."""
     from streamer.config import effective_variables, settings_markdown
-    from streamer.transport import check_client_options
+    from streamer.kafka.clients import check_client_options
 
     if args.reference:
         print(settings_markdown())

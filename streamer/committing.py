@@ -1,7 +1,7 @@
 """The commit order: each commit hands its outputs, the changed streams' states and the input offsets to a sink as one
 unit, with at most one unit in flight; a unit is accounted for (or its failure counted) once it has settled.
 
-`Commits` holds that order whatever the sink: `transport.Committer` (one Kafka transaction per unit with
+`Commits` holds that order whatever the sink: `streamer.kafka.committer.Committer` (one Kafka transaction per unit with
 exactly-once) in the daemon, `InMemorySink` in unit tests and benchmarks.
 """
 

@@ -16,13 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
-
 from streamer.config import KafkaSettings, Settings, load_settings
 from streamer.errors import KafkaUnavailable
-from streamer.replay import load_series, replay
+from streamer.kafka.admin import ensure_topics
+from streamer.kafka.clients import KafkaConsumer, make_producer, make_reader, reachable
+from streamer.kafka.replay import load_series, replay
 from streamer.schema import forecasts_of
-from streamer.transport import ensure_topics, reachable
 
 # Two malformed records show that bad input goes to the dead-letter topic instead of stopping the daemon.
 BAD_RECORDS = [b'{"stream": "broken-sensor", "ts": 1, "values": [NaN]}', b"not json at all"]
@@ -170,7 +169,7 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
     tally = Tally(sum(len(ts) for _, ts, _ in series), every, labelled_windows(files))
     print(f"demo: broker {bootstrap}; replaying {tally.expected} readings of {len(series)} NAB series "
           f"({', '.join(s for s, _, _ in series)}) into {k.input_topics[0]}")
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","))
+    producer = make_producer(k, None)
     replay(producer, k.input_topics[0], series)
     for raw in BAD_RECORDS:
         producer.send(k.input_topics[0], key=b"broken-sensor", value=raw)
@@ -183,9 +182,7 @@ def run_demo(bootstrap: str, files: list[Path], every: int = 1000, timeout_s: fl
     thread = threading.Thread(target=service.run, name="streamer-serve", daemon=True)
     started = time.monotonic()
     thread.start()
-    consumer = KafkaConsumer(k.forecast_topic, k.dead_letter_topic, k.alert_topic,
-                             bootstrap_servers=bootstrap.split(","), isolation_level="read_committed",
-                             auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = make_reader(k, [k.forecast_topic, k.dead_letter_topic, k.alert_topic])
     try:
         consume(consumer, settings, tally, started, timeout_s)
     finally:

@@ -42,7 +42,7 @@ _READINGS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 # |reading - forecast| in the model's normalised units (training standard deviations of the channel)
 _ABS_ERROR = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 _SCORE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
-FAST_PATHS = ("decode", "append", "offsets")  # record_reader, RecordAppender, Committer.send_offsets
+FAST_PATHS = ("decode", "append", "offsets")  # streamer.kafka.fast_paths: its three paths
 SEVERITIES = ("warning", "critical")  # what streamer.detectors.alerts.AlertLifecycle puts in an alert
 
 

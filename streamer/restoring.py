@@ -8,8 +8,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from streamer.changelog import ChangelogRestorer, ColdStore
+from streamer.cold_store import ColdStore
 from streamer.config import Settings
+from streamer.kafka.changelog import ChangelogRestorer
 from streamer.liveness import Liveness, LoopStats
 from streamer.metrics import Metrics
 

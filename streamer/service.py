@@ -13,19 +13,27 @@ import logging
 import threading
 import time
 
-from kafka import ConsumerRebalanceListener
-from kafka.errors import KafkaError
-
-from streamer import record_reader
 from streamer.accounting import CommitAccounting
-from streamer.changelog import ColdSpill, ColdStore
+from streamer.cold_store import ColdSpill, ColdStore
 from streamer.committing import Commits, CommitSink, state_records
 from streamer.config import Settings, resolve_device, resolve_threads
-from streamer.connecting import Connector, input_topics, prepare_topics
 from streamer.detection import stream_detectors
 from streamer.engine import Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError
 from streamer.heap import BatchCollector
+from streamer.kafka import fast_paths
+from streamer.kafka.clients import (
+    ConsumerRebalanceListener,
+    KafkaError,
+    check_client_options,
+    make_consumer,
+    make_producer,
+    partition_for,
+    transactional_id,
+)
+from streamer.kafka.committer import Committer, next_offsets
+from streamer.kafka.connecting import Connector, input_topics, prepare_topics
+from streamer.kafka.polling import Poller, partition_lags
 from streamer.liveness import Liveness, LoopStats
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import (
@@ -37,20 +45,9 @@ from streamer.model_source import (
     wrap_model,
 )
 from streamer.models import RecurrentModel
-from streamer.polling import Poller
 from streamer.processor import Pending, Processor
 from streamer.restoring import Restoration
-from streamer.transport import (
-    Committer,
-    OutRecord,
-    check_client_options,
-    make_consumer,
-    make_producer,
-    next_offsets,
-    partition_for,
-    partition_lags,
-    transactional_id,
-)
+from streamer.schema import OutRecord
 from streamer.tuning import serving_process
 
 log = logging.getLogger(__name__)
@@ -222,7 +219,7 @@ class Service:
         self.restoration.open(consumer, self.cold)
         try:
             committer = self.commits.sink = Committer(consumer, producer, k.exactly_once)
-            self.metrics.fast_paths({"decode": record_reader.installed(consumer), **committer.fast_paths()})
+            self.metrics.fast_paths({"decode": fast_paths.installed(consumer), **committer.fast_paths()})
             if k.input_pattern:
                 consumer.subscribe(pattern=k.input_pattern, listener=_Rebalance(self))
             else:

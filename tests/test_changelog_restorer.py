@@ -6,9 +6,11 @@ import os
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamer.changelog import ChangelogRestorer, ColdStore
+from streamer.cold_store import ColdStore
 from streamer.config import KafkaSettings
-from streamer.transport import OutRecord, RecordAppender
+from streamer.kafka.changelog import ChangelogRestorer
+from streamer.kafka.fast_paths import RecordAppender
+from streamer.schema import OutRecord
 
 PER_PARTITION, KEYS = 30_000, 500
 
@@ -104,7 +106,7 @@ def test_cold_store_files_left_by_a_killed_process_are_removed_by_the_next_store
     import subprocess
     import sys
 
-    code = ("import sys, time\nfrom streamer.changelog import ColdStore\nc = ColdStore(sys.argv[1])\n"
+    code = ("import sys, time\nfrom streamer.cold_store import ColdStore\nc = ColdStore(sys.argv[1])\n"
             "c.put_many([('s', 0, b'x' * 1000)])\nprint(c.path, flush=True)\ntime.sleep(60)\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     left = child.stdout.readline().strip()

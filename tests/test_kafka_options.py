@@ -12,8 +12,9 @@ from kafka.errors import InvalidReplicationFactorError
 
 from streamer.config import load_settings
 from streamer.errors import ConfigError
+from streamer.kafka.admin import ensure_topics, partition_count
+from streamer.kafka.clients import admin_config, consumer_config, producer_config
 from streamer.service import Service
-from streamer.transport import admin_config, consumer_config, ensure_topics, partition_count, producer_config
 
 
 def test_client_options_reach_the_consumer_producer_and_admin_arguments(monkeypatch):

@@ -11,10 +11,10 @@ from kafka.errors import CorruptRecordError
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.structs import TopicPartition
 
-from streamer import record_reader
 from streamer.config import KafkaSettings
-from streamer.record_reader import FastPartitionRecords
-from streamer.transport import make_consumer
+from streamer.kafka import fast_paths
+from streamer.kafka.clients import make_consumer
+from streamer.kafka.fast_paths import FastPartitionRecords
 
 TP = TopicPartition("readings", 3)
 GZIP = 1
@@ -52,7 +52,7 @@ def same_as_stock(buf: bytes, fetch_offset: int = 0, n: int | None = None) -> li
 
 
 def test_supported_on_the_pinned_kafka_python():
-    assert record_reader.SUPPORTED  # otherwise the daemon silently falls back to the slower stock decoding
+    assert fast_paths.SUPPORTED  # otherwise the daemon silently falls back to the slower stock decoding
 
 
 def test_typical_readings_in_several_batches():
@@ -152,7 +152,7 @@ def test_the_daemons_consumer_reads_committed_transactions_as_kafka_python_does(
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, input_topics=[topic], group_id=f"g-{topic}")
     fast_consumer = make_consumer(settings)
     stock_consumer = make_consumer(settings, stock_decoding=True)
-    assert record_reader.installed(fast_consumer) and not record_reader.installed(stock_consumer)
+    assert fast_paths.installed(fast_consumer) and not fast_paths.installed(stock_consumer)
     n = 3 * 40 + 3 * 15  # the committed transactions and the plain records
     fast, stock = _read(fast_consumer, topic, 2, n), _read(stock_consumer, topic, 2, n)
     assert fast == stock

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamer.errors import DataError
-from streamer.replay import load_series
+from streamer.kafka.replay import load_series
 from tests.helpers import collect
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ import uuid
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from streamer.kafka.fast_paths import RecordAppender
 from streamer.local_kafka import free_port_pair
-from streamer.transport import OutRecord, RecordAppender
+from streamer.schema import OutRecord
 from tests.helpers import LogTail, collect, http_get, send_records, serve_env, serve_in_thread, serve_until, start_serve
 
 T0 = 1_700_000_000_000
@@ -121,8 +122,8 @@ def test_a_restore_without_progress_turns_health_red(kafka_bootstrap, new_topic,
     once it reads again, health and readiness come back."""
     import threading
 
-    from streamer.changelog import ChangelogRestorer
     from streamer.config import load_settings
+    from streamer.kafka.changelog import ChangelogRestorer
     from streamer.service import Service
 
     src = new_topic("readings", partitions=2)

@@ -113,7 +113,7 @@ def test_readme_configuration_reference_is_generated_from_settings():
 
 
 def test_security_settings_reach_the_clients_and_secrets_are_masked():
-    from streamer.transport import common_config
+    from streamer.kafka.clients import common_config
 
     s = load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
                              "sasl_username": "svc", "sasl_password": "s3cret", "ssl_cafile": "/etc/ca.pem"})

@@ -9,8 +9,8 @@ import uuid
 import numpy as np
 from kafka import KafkaProducer
 
-from streamer.changelog import ChangelogRestorer
 from streamer.config import load_settings
+from streamer.kafka.changelog import ChangelogRestorer
 from streamer.service import Service
 from tests.helpers import collect, http_get, serve_in_thread
 

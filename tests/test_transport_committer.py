@@ -14,7 +14,9 @@ from kafka.producer.producer_batch import ProducerBatch
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import OffsetAndMetadata
 
-from streamer.transport import Committer, OutRecord, RecordAppender, append_to_batch
+from streamer.kafka.committer import Committer
+from streamer.kafka.fast_paths import RecordAppender, append_to_batch
+from streamer.schema import OutRecord
 from tests.test_kafka_broker import _read_all
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from kafka import TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 TOP_UP_MS = 20  # longest wait for the fetch that follows a poll (the broker answers it at once when data waits)
@@ -76,3 +76,29 @@ class Poller:
                 raise KafkaError(f"no partition metadata for input topics {missing}")
             self.stop_event.wait(0.1)
             missing = [t for t in missing if not consumer.partitions_for_topic(t)]
+
+
+# the lag gauges' broker round trips are bounded: a slow broker delays the gauges, never the loop for long
+END_OFFSETS_TIMEOUT_MS = 1000  # end offsets of partitions with no fetch yet (paused while restoring)
+POSITION_TIMEOUT_MS = 200  # a partition's position (local unless a reset is pending)
+
+
+def partition_lags(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
+    """Records left to read in each assigned partition whose position and end the broker gives in time."""
+    assigned = consumer.assignment()
+    ends = {tp: consumer.highwater(tp) for tp in assigned}
+    unknown = [tp for tp, end in ends.items() if end is None]  # paused, or not fetched yet
+    if unknown:
+        try:
+            ends.update(consumer.end_offsets(unknown, timeout_ms=END_OFFSETS_TIMEOUT_MS))
+        except KafkaError:
+            pass
+    lags = {}
+    for tp in assigned:
+        try:
+            pos = consumer.position(tp, timeout_ms=POSITION_TIMEOUT_MS)
+        except KafkaError:
+            continue
+        if pos is not None and ends.get(tp) is not None:
+            lags[tp] = max(ends[tp] - pos, 0)
+    return lags

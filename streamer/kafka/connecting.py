@@ -16,8 +16,9 @@ from kafka.errors import KafkaError
 
 from streamer.config import KafkaSettings
 from streamer.errors import ConfigError, KafkaUnavailable
+from streamer.kafka.admin import admin_topics, ensure_topics, partition_count, topic_configs
+from streamer.kafka.clients import reachable
 from streamer.liveness import Liveness
-from streamer.transport import admin_topics, ensure_topics, partition_count, reachable, topic_configs
 
 log = logging.getLogger(__name__)
 STARTUP_BACKOFF_S = (0.5, 5.0)  # first and longest wait between attempts to reach the cluster at start-up
