@@ -32,3 +32,7 @@ class KafkaUnavailable(StreamerError):
 
 class DataError(StreamerError):
     """A data file is missing or holds a value that cannot be read; the message names the file (and the row)."""
+
+
+class TransportFailure(StreamerError):
+    """The in-memory transport failed a commit or a poll on purpose (a broker outage, in unit tests of the loop)."""

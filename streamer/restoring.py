@@ -8,11 +8,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from streamer.cold_store import ColdStore
 from streamer.config import Settings
-from streamer.kafka.changelog import ChangelogRestorer
 from streamer.liveness import Liveness, LoopStats
 from streamer.metrics import Metrics
+from streamer.transport import Restorer
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +23,14 @@ class Restoration:
                  set_ready: Callable[[bool], None]) -> None:
         self.settings, self.metrics, self.liveness, self.stats = settings, metrics, liveness, stats
         self.set_ready = set_ready
-        self.restorer: ChangelogRestorer | None = None  # none outside a session with the cluster
+        self.restorer: Restorer | None = None  # none outside a session with the cluster
         self.records = 0  # changelog records read since the last assignment
         self.began = 0.0
         self.partitions: list[int] = []
 
-    def open(self, consumer, cold: ColdStore) -> None:
-        """A session began: restore through its consumer into `cold`."""
-        k = self.settings.kafka
-        self.restorer = ChangelogRestorer(k, k.changelog, cold, consumer)
+    def open(self, restorer: Restorer) -> None:
+        """A session began: restore through its restorer."""
+        self.restorer = restorer
 
     def close(self) -> None:
         """The session ended."""
@@ -44,10 +42,10 @@ class Restoration:
         """Whether some assigned partition still waits for its state."""
         return self.restorer is not None and self.restorer.restoring
 
-    def poll_wait_ms(self, consumer) -> int:
+    def poll_wait_ms(self, all_paused: bool) -> int:
         """The poll's longest wait: none while every assigned partition waits for its restore (which is the work
         to do), else the configured one."""
-        if self.restoring and consumer.assignment() <= consumer.paused():
+        if self.restoring and all_paused:
             return 0
         return self.settings.engine.max_wait_ms
 

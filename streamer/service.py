@@ -21,19 +21,8 @@ from streamer.detection import stream_detectors
 from streamer.engine import Engine, initial_state_of
 from streamer.errors import CheckpointError, ConfigError
 from streamer.heap import BatchCollector
-from streamer.kafka import fast_paths
-from streamer.kafka.clients import (
-    ConsumerRebalanceListener,
-    KafkaError,
-    check_client_options,
-    make_consumer,
-    make_producer,
-    partition_for,
-    transactional_id,
-)
-from streamer.kafka.committer import Committer, next_offsets
-from streamer.kafka.connecting import Connector, input_topics, prepare_topics
-from streamer.kafka.polling import Poller, partition_lags
+from streamer.kafka.connecting import input_topics
+from streamer.kafka.session import KafkaTransport
 from streamer.liveness import Liveness, LoopStats
 from streamer.metrics import HealthServer, Metrics
 from streamer.model_source import (
@@ -48,26 +37,11 @@ from streamer.models import RecurrentModel
 from streamer.processor import Pending, Processor
 from streamer.restoring import Restoration
 from streamer.schema import OutRecord
+from streamer.transport import Session, Transport
 from streamer.tuning import serving_process
 
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 2.0  # consumer lag is asked of the broker this often: a metadata round trip, not worth every batch
-# first and longest wait before a new session after a Kafka failure: quick for a blip, gentle on a broker down
-SESSION_BACKOFF_S = (1.0, 30.0)
-PRODUCER_CLOSE_S = 10  # longest wait for the producer's buffered records when a session ends (a failed one may hang)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    """State follows partitions: commit, then drop revoked partitions' streams; restore assigned ones."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-
-    def on_partitions_revoked(self, revoked) -> None:
-        self.service.on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned) -> None:
-        self.service.on_assigned(assigned)
 
 
 class Service:
@@ -75,9 +49,10 @@ class Service:
 
     def __init__(self, settings: Settings, model: RecurrentModel | None = None,
                  metrics: Metrics | None = None, collector: BatchCollector | None = None,
-                 http: HealthServer | None = None) -> None:
+                 http: HealthServer | None = None, transport: Transport | None = None) -> None:
         self.settings = settings
-        check_client_options(settings.kafka)  # an unknown client option fails here, before any broker round trip
+        self.stop_event = threading.Event()
+        self.transport = transport or KafkaTransport(settings.kafka, self.stop_event)
         self.collector = collector  # runs the cyclic garbage collector between batches (the daemon's process)
         self.device = resolve_device(settings.engine.device)
         self.threads = resolve_threads(settings.engine.threads)
@@ -90,17 +65,14 @@ class Service:
         self.engine = self._make_engine(self.served)
         self.detectors = stream_detectors(self.settings, self.served)
         self.processor = Processor(settings, self.served, self.engine, self.detectors, hooks=self.metrics,
-                                   partition_for=partition_for)
-        self.stop_event = threading.Event()
+                                   partition_for=self.transport.partition_for)
         self.ready = threading.Event()
         self.liveness = Liveness()
-        self.connector = Connector(settings.kafka, self.stop_event, self.liveness)
         self.restoration = Restoration(settings, self.metrics, self.liveness, self.stats, self._set_ready)
         self._lag_due = False
         self.http = http  # the endpoints, when opened before the service (else run() opens them)
         self.accounting = CommitAccounting(settings.metrics, self.metrics, self.liveness, self.stats)
         self.commits = Commits(self._account, self.accounting.failed)
-        self.poller = Poller(self.stop_event)
         self.metrics.set_model(self.served.name, self.served.version, self.served.family)
         if http is not None:
             http.bind(self.alive, self.ready.is_set, self.not_ready_reason)
@@ -174,14 +146,15 @@ class Service:
     def run(self) -> LoopStats:
         """Open the HTTP endpoints, wait for the cluster, then process until stop() is called, surviving Kafka
         failures; returns what was done. Raises KafkaUnavailable past STREAMER_KAFKA__STARTUP_TIMEOUT_S."""
-        k, m = self.settings.kafka, self.settings.metrics
+        m = self.settings.metrics
         if m.enabled and self.http is None:
             self.http = HealthServer(self.metrics, m.host, m.port, self.alive, self.ready.is_set,
                                      self.not_ready_reason).start()
             log.info("http endpoints", extra={"host": m.host, "port": self.http.port})
         try:
-            # the topics checked and created; the processor partitions forecasts as the forecast topic is
-            if self.connector.connect(lambda: self.processor.set_forecast_partitions(prepare_topics(k))):
+            forecast_partitions = self.transport.connect(self.stop_event, self.liveness)  # None: stopped first
+            if forecast_partitions is not None:  # the processor partitions forecasts as the forecast topic is
+                self.processor.set_forecast_partitions(forecast_partitions)
                 with serving_process(self.threads, self.settings.engine.switch_interval_ms):
                     self._sessions()
         finally:
@@ -195,36 +168,31 @@ class Service:
 
     def _sessions(self) -> None:
         """Sessions with the cluster until stopped: a Kafka failure rewinds to the last commit, backs off, retries."""
-        backoff = SESSION_BACKOFF_S[0]
+        backoff = self.transport.backoff_s[0]
         while not self.stop_event.is_set():
             try:
                 self._serve()
                 return
-            except KafkaError as exc:
+            except self.transport.failures as exc:
                 self.stats.rewinds += 1
                 self.liveness.reason = f"kafka failure, retrying in {backoff:g}s: {exc!r}"
                 log.warning("kafka failure, rewinding to the last commit", extra={
                     "error": repr(exc), "retry_in_s": backoff})
                 self._rewind()
                 self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, SESSION_BACKOFF_S[1])
+                backoff = min(backoff * 2, self.transport.backoff_s[1])
 
     def _serve(self) -> None:
         """One session with the cluster: clients, subscription, the poll-process-commit loop."""
         k, e = self.settings.kafka, self.settings.engine
         self.liveness.reason = f"joining group {k.group_id}: waiting for partitions and their state"
         self.liveness.progressed()
-        consumer = make_consumer(k)
-        producer = make_producer(k, transactional_id(k) if k.exactly_once else None)
-        self.restoration.open(consumer, self.cold)
+        session = self.transport.open_session(self.cold)
+        self.restoration.open(session.restorer)
         try:
-            committer = self.commits.sink = Committer(consumer, producer, k.exactly_once)
-            self.metrics.fast_paths({"decode": fast_paths.installed(consumer), **committer.fast_paths()})
-            if k.input_pattern:
-                consumer.subscribe(pattern=k.input_pattern, listener=_Rebalance(self))
-            else:
-                consumer.subscribe(k.input_topics, listener=_Rebalance(self))
-                self.await_metadata(consumer, k.input_topics)
+            self.commits.sink = session.committer
+            self.metrics.fast_paths(session.fast_paths())
+            session.subscribe(self.on_revoked, self.on_assigned)
             log.info("serving", extra={"topics": k.input_pattern or k.input_topics, "group": k.group_id,
                                        "device": self.device, "threads": self.threads, "model": self.served.name,
                                        "version": self.served.version, "exactly_once": k.exactly_once})
@@ -234,24 +202,23 @@ class Service:
                 now = self.liveness.beat()
                 if self.restoration.restoring:
                     self.restoration.step()
-                records = self.poller.poll(consumer, self.restoration.poll_wait_ms(consumer), max_records)
+                records = session.poll(self.restoration.poll_wait_ms(session.all_paused()), max_records)
                 if records and len(records) < max_records:
-                    records = self.top_up(consumer, records, max_records)
+                    records = session.top_up(records, max_records)
                 if records:
                     self.process(records)
-                    self.processor.pending.offsets.update(next_offsets(records))
+                    self.processor.pending.offsets.update(session.next_offsets(records))
                     self.liveness.last_progress = now
                 self.stats.polls += 1
-                self._after_poll(consumer, now, timers, bool(records))
+                self._after_poll(session, now, timers, bool(records))
             self.commit(wait=True)
         finally:
             self._set_ready(False)
             self.commits.close()  # a failed session: join the commit in flight, then close
             self.restoration.close()
-            consumer.close(autocommit=False)
-            producer.close(timeout=PRODUCER_CLOSE_S)
+            session.close()
 
-    def _after_poll(self, consumer, now: float, timers: dict[str, float], got_records: bool) -> None:
+    def _after_poll(self, session: Session, now: float, timers: dict[str, float], got_records: bool) -> None:
         """What the loop does after each poll besides processing: commit on the interval, account for a finished
         commit, collect garbage, evict idle streams, check silence, export gauges, look for a new checkpoint."""
         e, m = self.settings.engine, self.settings.model
@@ -270,19 +237,11 @@ class Service:
             self.processor.check_silence(int(time.time() * 1000))
             timers["silence"] = now
         if self._lag_due or now - timers["lag"] >= LAG_EVERY_S:
-            self._update_gauges(consumer)
+            self._update_gauges(session)
             timers["lag"], self._lag_due = now, False
         if m.reload_interval_s and now - timers["reload"] >= m.reload_interval_s:
             self.maybe_reload()
             timers["reload"] = now
-
-    def await_metadata(self, consumer, topics: list[str]) -> None:
-        """Hold the first join of the group until the consumer's metadata has every input topic."""
-        self.poller.await_metadata(consumer, topics, self.settings.kafka.session_timeout_ms / 1000)
-
-    def top_up(self, consumer, records: list, max_records: int) -> list:
-        """Add what reached the broker since the fetch that `records` came from (Poller.top_up)."""
-        return self.poller.top_up(consumer, records, max_records)
 
     def _rewind(self) -> None:
         """Forget everything since the last commit; the next session restores from the changelog."""
@@ -291,7 +250,6 @@ class Service:
         self.commits.abandon()
         self.engine.store.clear()
         self.cold.clear()
-        self.poller.failure = None
 
     def stop(self) -> None:
         """Ask the loop to finish its current poll, commit and return."""
@@ -301,11 +259,11 @@ class Service:
         (self.ready.set if ready else self.ready.clear)()
         self.metrics.ready.set(1 if ready else 0)
 
-    def _update_gauges(self, consumer) -> None:
+    def _update_gauges(self, session: Session) -> None:
         """Resident streams, and the lag of every assigned partition (restoring or not); a loop with no lag and
         no restore has nothing to do, which counts as progress for /healthz."""
         self.metrics.active_streams.set(len(self.engine.store))
-        lags = partition_lags(consumer)
+        lags = session.lags()
         self.metrics.set_lags(lags)
         if sum(lags.values()) == 0 and not self.restoration.restoring:
             self.liveness.progressed()
@@ -314,15 +272,10 @@ class Service:
     def on_revoked(self, revoked) -> None:
         """Commit the work so far (it belongs to these partitions' current owner), then drop their streams."""
         self.metrics.rebalances.labels("revoked").inc()
-        self.poller.revoked()
         self._set_ready(False)
         self.restoration.revoked(revoked)
         self.liveness.reason = "partitions revoked, waiting for the next assignment"
-        try:
-            self.commit(wait=True)
-        except Exception as exc:  # kafka-python swallows listener errors: hand it to the loop
-            self.poller.failure = exc
-            return
+        self.commit(wait=True)  # a failure is raised by the poll this rebalance runs in
         self.forget_partitions({tp.partition for tp in revoked})
         for tp in revoked:
             self.metrics.forget_partition(tp.topic, tp.partition)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from kafka import TopicPartition
 
 from streamer.config import load_settings
+from streamer.kafka.polling import Poller
 from streamer.models import ModelConfig, build_model
 from streamer.service import Service
 
@@ -89,15 +91,16 @@ def test_non_finite_forecasts_become_null():
 
 
 class _Consumer:
-    """Stands in for KafkaConsumer poll/assignment/seek: returns `fresh`, rebalancing first when asked."""
+    """Stands in for KafkaConsumer poll/assignment/seek: returns `fresh`, rebalancing first when asked (a revocation
+    reaches the poller as the Kafka session's rebalance listener reports it)."""
 
-    def __init__(self, service: Service, fresh: list, rebalance: bool, held: set) -> None:
-        self.service, self.fresh, self.rebalance, self.held = service, fresh, rebalance, held
+    def __init__(self, poller: Poller, fresh: list, rebalance: bool, held: set) -> None:
+        self.poller, self.fresh, self.rebalance, self.held = poller, fresh, rebalance, held
         self.sought: dict[int, int] = {}
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
         if self.rebalance:
-            self.service.on_revoked([TopicPartition("in", p) for p in (0, 1, 2)])
+            self.poller.revoked()
         return {"in": self.fresh[:max_records]}
 
     def assignment(self) -> set:
@@ -115,21 +118,21 @@ def _on_partitions(recs: list) -> list:
 
 
 def test_a_batch_is_topped_up_with_what_arrived_since():
-    service, _ = _service(1, 1)
+    poller = Poller(threading.Event())
     recs = _on_partitions(_records(streams=2, per_stream=4, n_features=1)[0])
-    consumer = _Consumer(service, recs[4:], rebalance=False, held={0, 1})
-    assert service.top_up(consumer, recs[:4], max_records=100) == recs
+    consumer = _Consumer(poller, recs[4:], rebalance=False, held={0, 1})
+    assert poller.top_up(consumer, recs[:4], max_records=100) == recs
     assert consumer.sought == {}
 
 
 @pytest.mark.parametrize("held", [{0, 1, 2}, {1, 2}, {2}], ids=["kept_both", "lost_one", "lost_both"])
 def test_a_rebalance_inside_the_top_up_rewinds_the_partitions_still_held(held):
-    service, _ = _service(1, 1)
+    poller = Poller(threading.Event())
     recs = _on_partitions(_records(streams=3, per_stream=4, n_features=1)[0])
     first = [r for r in recs[:6] if r.partition < 2]  # partitions 0 and 1, offsets 0, 1, 3, 4
     fresh = [r for r in recs[6:] if r.partition in held]  # after the rebalance: partitions held now
-    consumer = _Consumer(service, fresh, rebalance=True, held=held)
-    got = service.top_up(consumer, first, max_records=100)
+    consumer = _Consumer(poller, fresh, rebalance=True, held=held)
+    got = poller.top_up(consumer, first, max_records=100)
     # the first records are given up; partitions still held restart at them, fresh ones of theirs come again
     assert consumer.sought == {p: min(r.offset for r in first if r.partition == p) for p in held if p < 2}
     assert got == [r for r in fresh if r.partition == 2]
@@ -150,10 +153,9 @@ def test_the_first_join_waits_for_the_input_topics_metadata():
     """dpkp/kafka-python#2377: a leader without the topic's metadata assigns nothing and never rejoins."""
     from kafka.errors import KafkaError
 
-    service, _ = _service(1, 1)
+    poller = Poller(threading.Event())
     consumer = _LateMetadata(ready_after=3)
-    service.await_metadata(consumer, ["in"])
+    poller.await_metadata(consumer, ["in"], timeout_s=10.0)
     assert consumer.lookups == 3
-    service.settings.kafka.session_timeout_ms = 300
     with pytest.raises(KafkaError, match="no partition metadata for input topics"):
-        service.await_metadata(_LateMetadata(ready_after=10**9), ["in"])
+        poller.await_metadata(_LateMetadata(ready_after=10**9), ["in"], timeout_s=0.3)
