@@ -27,7 +27,6 @@ RUN case "${TORCH_FLAVOUR}" in \
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY streamer ./streamer
-COPY training ./training
 # torch is already satisfied, so pip keeps the flavour installed above and fetches the rest from PyPI.
 RUN /opt/streamer/bin/pip install . \
  && /opt/streamer/bin/python -c "import torch, streamer.cli; print('torch', torch.__version__)"

@@ -36,7 +36,7 @@ test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check streamer training benchmarks tests
+	$(VENV)/bin/ruff check streamer training lab benchmarks tests
 
 # The configuration reference (docs/configuration.md, README's table) is generated from Settings.
 docs: install

@@ -42,11 +42,11 @@ import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
+from lab.local_kafka import LocalKafka
 from streamer.config import KafkaSettings
 from streamer.kafka import fast_paths
 from streamer.kafka.clients import make_consumer
 from streamer.kafka.fast_paths import RecordAppender
-from streamer.local_kafka import LocalKafka
 from streamer.schema import OutRecord
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.evaluation.ett import CHANNELS, TEST, TRAIN, VAL
+from lab.evaluation.ett import CHANNELS, TEST, TRAIN, VAL
 from training import ridge as rg
 from training.data import FeatureSpec, Normalizer, load_csv, split_rows
 

@@ -21,7 +21,7 @@ A second bound: a logistic regression on +-tol minutes of context (all five sens
 fitted on datatest.txt's own labels and scored in sample (non-causal, and trained on the answers), turned into
 events as the product does (boundaries of its 0/1 output), matched within +-tol as `streamer eval occupancy` does.
 
-Last, the served model: unless --no-model, `streamer.evaluation.occupancy.run` trains the default configuration
+Last, the served model: unless --no-model, `lab.evaluation.occupancy.run` trains the default configuration
 on --train (or reads a finished `streamer eval occupancy --out DIR` with --eval-dir) and its onset/offset messages
 are matched against the visible boundaries only.
 
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.evaluation.occupancy import LONG_RUN, TOLERANCE, boundaries, event_scores, long_boundary_mask, match
+from lab.evaluation.occupancy import LONG_RUN, TOLERANCE, boundaries, event_scores, long_boundary_mask, match
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "occupancy"
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_dir:
             eval_dir = Path(args.eval_dir)
         else:
-            from streamer.evaluation.occupancy import run
+            from lab.evaluation.occupancy import run
 
             eval_dir = Path(tempfile.mkdtemp(prefix="occupancy-boundaries-"))
             run(Path(args.test), out=eval_dir, train=Path(args.train), progress=False, plots=False)

@@ -5,7 +5,7 @@ newest reading, started at the memoryless LDA of the training rows), times `[tra
 first fit's threshold calibrated on the validation tail, served by the refit model) or 0.5, times `[train]
 ensemble` 1 or 3 (seeds s..s+2 merged into one model whose output is their mean logit), times the event detector's
 run length (min_on = min_off) 1, 2 or 3; each over seeds 0-2.
-Everything else is the built-in configuration (streamer.evaluation.occupancy.DEFAULT_TRAINING). Folds are whole
+Everything else is the built-in configuration (lab.evaluation.occupancy.DEFAULT_TRAINING). Folds are whole
 days, forward-chained as a stream is met: for each held day from the third on, the model is trained on every
 earlier row (its last 15% the validation tail that picks the epochs and the threshold, then refit on all of them)
 and the held day's minutes are streamed through the engine and the event detector as the daemon serves them, its
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.evaluation.occupancy import DEFAULT_TRAINING
+from lab.evaluation.occupancy import DEFAULT_TRAINING
 from training.data import FeatureSpec, load_csv
 
 CONTEXTS = (0, 1)
@@ -77,7 +77,7 @@ def name(candidate: tuple[int, str, int], run: int) -> str:
 def held_day_scores(checkpoint: Path, path: Path, lo: int, hi: int, runs: tuple[int, ...]) -> dict[int, dict]:
     """Per event run length: the served detector's wrong minutes and false events on rows [lo, hi), the stream
     fed through the engine from row 0 as the daemon would."""
-    from streamer.evaluation import occupancy as occ
+    from lab.evaluation import occupancy as occ
 
     served, meta, spec = occ.event_checkpoint(checkpoint)
     series = load_csv(path, spec, "date")[0]

@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     broker = None
     if not args.bootstrap:
-        from streamer.local_kafka import LocalKafka
+        from lab.local_kafka import LocalKafka
 
         broker = LocalKafka()
         broker.up()

@@ -25,8 +25,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from benchmarks.e2e import Serve, create_topics, fast_producer, log, partitioner, stream_ids
+from lab.local_kafka import LocalKafka, free_port_pair
 from streamer.kafka.fast_paths import RecordAppender
-from streamer.local_kafka import LocalKafka, free_port_pair
 from streamer.schema import OutRecord
 
 PARTITIONS = 4

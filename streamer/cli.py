@@ -1,4 +1,9 @@
-"""The `streamer` command line: serve, replay, demo, settings."""
+"""The `streamer` command line: serve, replay and settings, and the command groups installed beside the runtime.
+
+Training (`streamer train`, `streamer inspect`), evaluation (`streamer eval`) and the demo (`streamer demo`) live
+outside the runtime package and register themselves through the `streamer.commands` entry points; an install
+without them (the image) serves without them, and says so when one is asked for.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,7 @@ from typing import NoReturn
 
 from streamer.config import derive_instance_id, load_settings, requested_log_format
 from streamer.errors import StreamerError
-from streamer.eval_cli import register as register_eval
 from streamer.logs import setup_logging
-from training.cli import register as register_training
 
 log = logging.getLogger("streamer")
 
@@ -96,17 +99,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Replay shipped NAB series through the daemon on the local broker and print outputs as they arrive."""
-    from streamer.demo import run_demo
-
-    settings = load_settings()
-    setup_logging("WARNING", settings.log_format)
-    logging.getLogger("kafka").setLevel(logging.ERROR)  # the demo's own output is the point; keep client chatter out
-    bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
-    return run_demo(bootstrap, [Path(p) for p in args.files], every=args.every, timeout_s=args.timeout)
-
-
 def cmd_settings(args: argparse.Namespace) -> int:
     """Print the effective settings, secrets masked (exit 2 naming the setting when one is wrong), or with
     --reference every setting with its type, default and meaning."""
@@ -152,16 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    default_demo = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "data" / "nab"
-                                          / "realAWSCloudwatch").glob("*.csv"))
-    p = sub.add_parser("demo", help="replay real data through the daemon and print outputs",
-                       description="Creates fresh topics on the broker, replays NAB series (one stream per "
-                                   "file), serves them, prints outputs as they arrive, and stops by itself.")
-    p.add_argument("files", nargs="*", default=default_demo, help="CSV series (default: shipped NAB files)")
-    p.add_argument("--bootstrap", help="bootstrap servers (default: STREAMER_KAFKA__BOOTSTRAP_SERVERS)")
-    p.add_argument("--every", type=int, default=1000, help="print every N-th output")
-    p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
-    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("settings", help="check and print the effective settings (a pre-flight check)",
                        description="Read the settings as `streamer serve` would and print them, one "
                                    "VARIABLE=value a line, secrets masked; a wrong or unknown setting exits 2 "
@@ -169,9 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the effective settings as one JSON object")
     p.add_argument("--reference", action="store_true", help="print the settings reference (Markdown)")
     p.set_defaults(func=cmd_settings)
-    register_training(sub)
-    register_eval(sub)
+    add_command_groups(sub)
     return parser
+
+
+COMMAND_GROUPS = "streamer.commands"  # entry points: name = "module:register", register(subparsers) adds commands
+
+
+def add_command_groups(sub: argparse._SubParsersAction) -> None:
+    """The commands of every installed group; a group whose code is not installed answers that it is not."""
+    for entry in sorted(metadata.entry_points(group=COMMAND_GROUPS), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ModuleNotFoundError as exc:
+            p = sub.add_parser(entry.name, help=f"(not in this install: {exc.name})", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda args, name=entry.name, missing=exc.name: _not_installed(name, missing))
+            continue
+        register(sub)
+
+
+def _not_installed(name: str, missing: str | None) -> int:
+    print(f"streamer: `streamer {name}` needs {missing}, which this install (the daemon's runtime) leaves out; "
+          "install the project from its source tree (`pip install .` there) for training, evaluation and the demo",
+          file=sys.stderr)
+    return 2
 
 
 def package_version() -> str:

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from streamer.local_kafka import LocalKafka
+from lab.local_kafka import LocalKafka
 
 
 @pytest.fixture(scope="session")

@@ -214,7 +214,7 @@ def serve_in_thread(service, timeout: float = 30.0) -> threading.Thread:
 
 def parse_cli(argv: list[str]) -> argparse.Namespace:
     """`streamer eval ...` arguments parsed as the CLI parses them (args.func runs the command)."""
-    from streamer.eval_cli import register
+    from lab.eval_cli import register
 
     parser = argparse.ArgumentParser(prog="streamer")
     register(parser.add_subparsers(dest="command", required=True))

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PURE = ["streamer/models", "streamer/engine.py", "streamer/state.py", "streamer/detectors", "streamer/evaluation"]
+PURE = ["streamer/models", "streamer/engine.py", "streamer/state.py", "streamer/detectors", "lab/evaluation"]
 FORBIDDEN = ("kafka", "prometheus_client", "streamer.kafka", "streamer.service", "streamer.metrics")
 
 

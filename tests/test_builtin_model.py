@@ -10,9 +10,9 @@ import pytest
 import torch
 from prometheus_client import generate_latest
 
+from lab.demo import labelled_windows, run_demo, window_summary
 from streamer.checkpoints import read_meta
 from streamer.config import load_settings
-from streamer.demo import labelled_windows, run_demo, window_summary
 from streamer.detection import PRODUCT_PIPELINE
 from streamer.errors import ConfigError
 from streamer.model_source import BUILTIN_CHECKPOINT, check_servable, load_checkpoint, served_model

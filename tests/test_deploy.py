@@ -512,8 +512,8 @@ def test_dockerfile_copies_only_what_exists_and_dockerignore_lets_through():
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: no such file"
         assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
-    # The package build needs the readme pyproject names, and the CLI imports training at start-up.
-    assert project()["readme"] in sources and "training" in {s.rstrip("/") for s in sources}
+    # The package build needs the readme pyproject names; the image is the runtime alone.
+    assert project()["readme"] in sources and {s.rstrip("/") for s in sources} & {"training", "lab"} == set()
     for env in re.findall(r"\b(STREAMER_[A-Z0-9_]+)=", " ".join(a for i, a in ins if i == "ENV")):
         assert env in settings_rows(), f"Dockerfile sets unknown setting {env}"
 
@@ -1068,3 +1068,39 @@ def test_docker_example_serves_a_checkpoint_as_streamer_train_writes_it(tmp_path
     copy = re.search(r"^COPY (\S+) (\S+)$", dockerfile, re.M)
     assert copy.group(1).rstrip("/") == host.removeprefix("$PWD/") and copy.group(2).rstrip("/") == container
     assert f"ENV STREAMER_MODEL__CHECKPOINT={ckpt_env}" in dockerfile
+
+
+def test_the_runtime_install_holds_neither_training_nor_evaluation_nor_plotting(tmp_path):
+    """What the image installs (the files its COPY lines name) builds a wheel of the runtime package alone, without
+    matplotlib among its requirements; the commands of the groups it leaves out say what is missing."""
+    import email
+    import zipfile
+
+    ins = dockerfile_instructions()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i, a in ins:
+        if i == "COPY" and "--from=" not in a:
+            for src in [p for p in a.split() if not p.startswith("--")][:-1]:
+                (shutil.copytree if (ROOT / src).is_dir() else shutil.copy)(ROOT / src, tree / src)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "wheel"), str(tree)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        tops = {n.split("/")[0] for n in z.namelist() if not n.split("/")[0].endswith(".dist-info")}
+        meta = email.message_from_bytes(z.read(next(n for n in z.namelist() if n.endswith("dist-info/METADATA"))))
+    assert tops == {"streamer"}
+    assert not [r for r in meta.get_all("Requires-Dist") if r.startswith("matplotlib") and "extra ==" not in r]
+
+
+def test_a_command_group_that_is_not_installed_says_so(monkeypatch, capsys):
+    from importlib import metadata
+
+    from streamer import cli
+
+    missing = metadata.EntryPoint(name="train", value="no_such_training.cli:register", group=cli.COMMAND_GROUPS)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [missing] if group == cli.COMMAND_GROUPS else [])
+    assert cli.main(["train", "examples/ett.toml", "--out", "x"]) == 2
+    assert "needs no_such_training" in capsys.readouterr().err
+    assert cli.main(["settings", "--reference"]) == 0  # the runtime's own commands are all there

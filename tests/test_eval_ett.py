@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamer.evaluation import ett
+from lab.evaluation import ett
 from streamer.models import ModelConfig, build_model
 from tests.helpers import parse_cli
 

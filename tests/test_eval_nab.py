@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.evaluation import nab
-from streamer.evaluation import nab_scorer as ns
+from lab.evaluation import nab
+from lab.evaluation import nab_scorer as ns
 from tests.helpers import parse_cli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "nab" / "realAWSCloudwatch"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab.evaluation import nab, nab_cv, selection
+from lab.evaluation import nab_scorer as ns
 from streamer.errors import ConfigError
-from streamer.evaluation import nab, nab_cv, selection
-from streamer.evaluation import nab_scorer as ns
 from tests.helpers import parse_cli
 from tests.test_eval_nab import small_nab
 

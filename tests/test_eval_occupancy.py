@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.eval_cli import register
-from streamer.evaluation import occupancy as occ
+from lab.eval_cli import register
+from lab.evaluation import occupancy as occ
 from tests.helpers import first_rows
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "occupancy"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab.evaluation import smap
 from streamer.detectors.thresholds import TelemanomSequences, telemanom_epsilon, telemanom_prune
-from streamer.evaluation import smap
 from tests.helpers import parse_cli
 
 SMAP = Path(__file__).resolve().parents[1] / "data" / "smap"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab.evaluation import smap, smap_cv
 from streamer.errors import ConfigError
-from streamer.evaluation import smap, smap_cv
 from tests.helpers import parse_cli
 
 SMAP = Path(__file__).resolve().parents[1] / "data" / "smap"

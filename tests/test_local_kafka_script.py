@@ -7,7 +7,7 @@ import subprocess
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamer.local_kafka import KAFKA_SH, free_port_pair
+from lab.local_kafka import KAFKA_SH, free_port_pair
 
 
 def test_up_exchange_down(kafka_bootstrap, tmp_path):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab.evaluation import nab_scorer as ns
 from streamer.errors import DataError
-from streamer.evaluation import nab_scorer as ns
 
 REPO_NAB = Path(__file__).resolve().parents[1] / "data" / "nab"
 # NAB's stored numenta and windowedGaussian scores on its 35 development files, with each file's row count and

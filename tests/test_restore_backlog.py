@@ -10,8 +10,8 @@ import uuid
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from lab.local_kafka import free_port_pair
 from streamer.kafka.fast_paths import RecordAppender
-from streamer.local_kafka import free_port_pair
 from streamer.schema import OutRecord
 from tests.helpers import LogTail, collect, http_get, send_records, serve_env, serve_in_thread, serve_until, start_serve
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from streamer.local_kafka import LocalKafka, free_port_pair
+from lab.local_kafka import LocalKafka, free_port_pair
 from streamer.schema import dead_letter_original
 from tests.helpers import (
     LogTail,

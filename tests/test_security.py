@@ -10,8 +10,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError
 
+from lab.local_kafka import LocalKafka
 from streamer.config import load_settings
-from streamer.local_kafka import LocalKafka
 from streamer.service import Service
 from tests.helpers import collect
 

@@ -77,7 +77,7 @@ def test_event_levels_default_to_the_calibrated_threshold(tmp_path: Path) -> Non
 def test_event_run_length_defaults_to_the_checkpoints_served_and_evaluated_alike(tmp_path: Path) -> None:
     import numpy as np
 
-    from streamer.evaluation import occupancy as occ
+    from lab.evaluation import occupancy as occ
     from streamer.model_source import load_checkpoint
     from streamer.service import Service
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from lab.evaluation import nab
+from lab.evaluation import nab_scorer as ns
 from streamer import checkpoints
 from streamer.config import load_settings
 from streamer.detection import PRODUCT_PIPELINE, pipeline_config
 from streamer.errors import ConfigError
-from streamer.evaluation import nab
-from streamer.evaluation import nab_scorer as ns
 from streamer.model_source import load_checkpoint, served_model
 from streamer.service import Service
 from tests.helpers import collect, collect_all, parse_cli, send_records

@@ -14,8 +14,8 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
+from lab.evaluation import occupancy as occ
 from streamer.config import load_settings
-from streamer.evaluation import occupancy as occ
 from streamer.model_source import load_checkpoint
 from streamer.service import Service
 from tests.helpers import collect, collect_all, first_rows

@@ -16,7 +16,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from streamer.local_kafka import LocalKafka
+from lab.local_kafka import LocalKafka
 from tests.helpers import LogTail, collect, http_get, serve_env, start_serve
 
 

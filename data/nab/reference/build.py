@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.evaluation import nab_scorer as ns
+from lab.evaluation import nab_scorer as ns
 
 DETECTORS = ("numenta", "windowedGaussian")
 

@@ -219,7 +219,7 @@ def plot(path: Path, ts: np.ndarray, labels: np.ndarray, res: dict[str, Any], sc
          baseline: np.ndarray | None = None) -> Path:
     """Probabilities, the on/off levels, detected events and the labels over the test period, and the wrong
     minutes of the model and of the memoryless baseline (PNG, Agg)."""
-    from streamer.evaluation.plots import _plt
+    from lab.evaluation.plots import _plt
 
     plt = _plt()
     minutes = (ts - ts[0]) / 60000.0 / 60.0  # hours since the first reading

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from streamer.errors import DataError
 
 if TYPE_CHECKING:
-    from streamer.evaluation.nab import NabConfig
-    from streamer.evaluation.smap import SmapConfig
+    from lab.evaluation.nab import NabConfig
+    from lab.evaluation.smap import SmapConfig
 
 
 def _use_threads(n: int | None) -> None:
@@ -37,9 +37,9 @@ def _existing(flag: str, value: str | None, folder: bool = False) -> None:
 
 def cmd_eval_nab(args: argparse.Namespace) -> int:
     """Stream a NAB-layout folder through the engine and detectors, write NAB results, score, plot."""
+    from lab.evaluation import nab
     from streamer.config import load_settings
     from streamer.detection import pipeline_config
-    from streamer.evaluation import nab
     from streamer.model_source import load_checkpoint
 
     _existing("--data", args.data, folder=True)
@@ -67,8 +67,8 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
 
 def _eval_nab_cv(args: argparse.Namespace, cfg: NabConfig) -> int:
     """`eval nab --cv K`: the pipeline's search space chosen on K-1 folds of files, scored on the held one."""
+    from lab.evaluation import nab_cv, selection
     from streamer.errors import ConfigError
-    from streamer.evaluation import nab_cv, selection
 
     if args.checkpoint:
         raise ConfigError("--cv pre-trains its own forecaster: it takes no --checkpoint")
@@ -85,7 +85,7 @@ def _eval_nab_cv(args: argparse.Namespace, cfg: NabConfig) -> int:
 
 def cmd_eval_occupancy(args: argparse.Namespace) -> int:
     """Train (or load) the occupancy event model, stream the test file through the engine and events, score."""
-    from streamer.evaluation import occupancy as occ
+    from lab.evaluation import occupancy as occ
 
     _existing("--test", args.test)
     _existing("--train", args.train)
@@ -118,7 +118,7 @@ def cmd_eval_occupancy(args: argparse.Namespace) -> int:
 
 def cmd_eval_smap(args: argparse.Namespace) -> int:
     """Telemanom's SMAP evaluation: per-channel forecasters, streamed test errors, dynamic thresholds."""
-    from streamer.evaluation import smap
+    from lab.evaluation import smap
 
     _existing("--data", args.data, folder=True)
     _use_threads(args.threads)
@@ -138,7 +138,7 @@ def cmd_eval_smap(args: argparse.Namespace) -> int:
 
 def _eval_smap_cv(args: argparse.Namespace, cfg: SmapConfig, only: list[str] | None) -> int:
     """`eval smap --cv K`: the threshold settings of the search space chosen on K-1 folds of channels."""
-    from streamer.evaluation import selection, smap_cv
+    from lab.evaluation import selection, smap_cv
 
     _existing("--space", args.space)
     space = selection.load_space(Path(args.space)) if args.space else smap_cv.SEARCH_SPACE
@@ -155,7 +155,7 @@ def _eval_smap_cv(args: argparse.Namespace, cfg: SmapConfig, only: list[str] | N
 
 def cmd_eval_ett(args: argparse.Namespace) -> int:
     """ETTh1 with the standard protocol: test MSE and MAE beside repeat-last-value."""
-    from streamer.evaluation import ett
+    from lab.evaluation import ett
 
     _existing("--data", args.data)
     _existing("--checkpoint", args.checkpoint, folder=True)
@@ -206,7 +206,7 @@ def _cv_arguments(parser: argparse.ArgumentParser, what: str, config: str, modul
     parser.add_argument("--cv-seed", type=int, default=0, help="seed of the --cv fold split (default 0)")
     parser.add_argument("--space", default=None,
                         help=f"--cv search space, JSON: a list of axes, each a list of {config} field overrides "
-                             f"(default: streamer.evaluation.{module}.SEARCH_SPACE)")
+                             f"(default: lab.evaluation.{module}.SEARCH_SPACE)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

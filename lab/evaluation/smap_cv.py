@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from lab.evaluation import selection, smap
 from streamer.errors import ConfigError
-from streamer.evaluation import selection, smap
 
 # The declared search space: axes of SmapConfig overrides; the configurations are their product (20 here).
 SEARCH_SPACE: selection.Space = (

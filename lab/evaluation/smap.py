@@ -213,7 +213,7 @@ def rates(counts: list[dict[str, int]]) -> tuple[float, float, float]:
 def plot_channels(path: Path, chans: list[Channel], results: dict[str, dict[str, Any]], counts: dict[str, dict],
                   title: str) -> Path:
     """Per channel: telemetry with labelled (red) and predicted (blue) sequences; smoothed error and threshold."""
-    from streamer.evaluation.plots import _plt, save_figure
+    from lab.evaluation.plots import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(2 * len(chans), 1, figsize=(11, 3.0 * len(chans)), squeeze=False,

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from lab.evaluation import nab, selection
+from lab.evaluation import nab_scorer as ns
 from streamer.detectors import AnomalyPipeline, PipelineConfig
 from streamer.detectors.batched import Scored, score_batch
 from streamer.detectors.seasonal import DAY_MS
 from streamer.errors import ConfigError
-from streamer.evaluation import nab, selection
-from streamer.evaluation import nab_scorer as ns
 
 # The declared search space: axes of PipelineConfig overrides; the configurations are their product (48 here).
 SEARCH_SPACE: selection.Space = (

@@ -80,7 +80,7 @@ def served_forecasts(model: Any, x: np.ndarray, end: int, chunk: int = 1024) -> 
 def plot_windows(out_dir: Path, x: np.ndarray, out: np.ndarray, org: np.ndarray, horizon: int,
                  name: str = "ETTh1") -> list[Path]:
     """best.png and worst.png: the test windows (by MSE over channels) with the OT forecast and repeat-last."""
-    from streamer.evaluation.plots import _plt
+    from lab.evaluation.plots import _plt
 
     plt = _plt()
     err = ((out[org] - x[org[:, None] + 1 + np.arange(horizon)]) ** 2).mean(axis=(1, 2))

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lab.evaluation import nab_scorer as ns
 from streamer.detection import PRODUCT_PIPELINE, StreamDetectors
 from streamer.detectors import AnomalyPipeline, OnlineNormaliser, PipelineConfig
 from streamer.detectors.batched import fired_rows, score_batch
 from streamer.engine import Chunk, Engine
 from streamer.errors import ConfigError
-from streamer.evaluation import nab_scorer as ns
 from streamer.model_source import ServedModel
 from streamer.models import ModelConfig, RecurrentModel, build_model
 
@@ -219,7 +219,7 @@ def score_all(scores: list[np.ndarray], fired: list[np.ndarray], corpus: list[ns
 def plot_best_worst(out_dir: Path, series: list[Series], corpus: list[ns.FileTruth], scores: list[np.ndarray],
                     threshold: float, k: int = 3) -> list[Path]:
     """best.png and worst.png: the k series with the highest and lowest standard-profile file score."""
-    from streamer.evaluation.plots import plot_series_panel
+    from lab.evaluation.plots import plot_series_panel
 
     fs = ns.file_scores(scores, corpus, threshold, "standard")
     order = np.argsort(fs)
