@@ -107,47 +107,15 @@ def decode_batch(batch: DefaultRecordBatch, topic: str, partition: int, leader_e
     append = records.append
     try:
         for _ in range(count):
-            # Record: Length, Attributes (int8, unused in v2), TimestampDelta, OffsetDelta, Key, Value, Headers.
-            # The varints are zigzag-encoded; their common short forms are inlined (a call per field was a
-            # third of the loop), the others call `varint`.
-            b, c = data[pos], data[pos + 1]
-            if c < 0x80 <= b:  # two bytes: the length of a record of 64 to 8191 bytes
-                n = (b & 0x7F) | (c << 7)
-                size, pos = (n >> 1) ^ -(n & 1), pos + 2
-            else:
-                size, pos = varint(data, pos)
+            # Record: Length, Attributes (int8, unused in v2), TimestampDelta, OffsetDelta, Key, Value, Headers
+            size, pos = varint(data, pos)
             end = pos + size
-            b = data[pos + 1]
-            if b < 0x80:
-                ts_delta, pos = (b >> 1) ^ -(b & 1), pos + 2
-            else:
-                ts_delta, pos = varint(data, pos + 1)
-            b = data[pos]
-            if b < 0x80:
-                offset_delta, pos = (b >> 1) ^ -(b & 1), pos + 1
-            else:
-                offset_delta, pos = varint(data, pos)
-            b = data[pos]
-            if b < 0x80:
-                n, pos = (b >> 1) ^ -(b & 1), pos + 1
-            else:
-                n, pos = varint(data, pos)
-            if n >= 0:
-                key, key_size, pos = data[pos:pos + n], n, pos + n
-            else:
-                key, key_size = None, -1
-            b = data[pos]
-            if b < 0x80:
-                n, pos = (b >> 1) ^ -(b & 1), pos + 1
-            elif data[pos + 1] < 0x80:  # a value of 64 to 8191 bytes
-                n = (b & 0x7F) | (data[pos + 1] << 7)
-                n, pos = (n >> 1) ^ -(n & 1), pos + 2
-            else:
-                n, pos = varint(data, pos)
-            if n >= 0:
-                value, value_size, pos = data[pos:pos + n], n, pos + n
-            else:
-                value, value_size = None, -1
+            ts_delta, pos = varint(data, pos + 1)
+            offset_delta, pos = varint(data, pos)
+            n, pos = varint(data, pos)
+            key, key_size, pos = (data[pos:pos + n], n, pos + n) if n >= 0 else (None, -1, pos)
+            n, pos = varint(data, pos)
+            value, value_size, pos = (data[pos:pos + n], n, pos + n) if n >= 0 else (None, -1, pos)
             if data[pos] == 0:  # no headers
                 headers, header_size, pos = [], -1, pos + 1
             else:

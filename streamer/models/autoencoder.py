@@ -26,7 +26,7 @@ kernels per gate block, zero biases, LSTM forget-gate bias 1 (both directions).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from streamer.errors import ConfigError
+from streamer.models.config import check_keys, check_sizes
 from streamer.models.recurrent import _glorot_
 
 KIND = "window_autoencoder"
@@ -64,11 +65,7 @@ class WindowAEConfig:
             raise ConfigError(f"window autoencoder family {self.family!r} is not one of {AE_FAMILIES}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"window autoencoder decoder {self.decoder!r} is not one of {DECODERS}")
-        for name in ("n_features", "window", "hidden", "latent", "layers"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"window autoencoder {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"window autoencoder dropout must be in [0, 1), got {self.dropout}")
+        check_sizes("window autoencoder", self, ("n_features", "window", "hidden", "latent", "layers"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict, including `kind`."""
@@ -77,10 +74,7 @@ class WindowAEConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WindowAEConfig:
         """Inverse of to_dict; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        extra = set(d) - known
-        if extra:
-            raise ConfigError(f"unknown window autoencoder config keys: {sorted(extra)}")
+        check_keys("window autoencoder", cls, d)
         if d.get("kind") != KIND:
             raise ConfigError(f"not a window autoencoder config (kind {d.get('kind')!r}, expected {KIND!r})")
         return cls(**d)

@@ -16,6 +16,22 @@ def value_head(heads: tuple[str, ...]) -> str | None:
     return next((h for h in ("forecast", "reconstruction") if h in heads), None)
 
 
+def check_sizes(what: str, config: Any, sizes: tuple[str, ...]) -> None:
+    """Sizes of at least 1 and a dropout in [0, 1), else ConfigError naming `what` and the field."""
+    for name in sizes:
+        if int(getattr(config, name)) < 1:
+            raise ConfigError(f"{what} {name} must be >= 1, got {getattr(config, name)}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"{what} dropout must be in [0, 1), got {config.dropout}")
+
+
+def check_keys(what: str, cls: type, d: dict[str, Any]) -> None:
+    """A config dict names only the fields of `cls` (unknown keys are an error, not silently dropped)."""
+    extra = set(d) - {f.name for f in fields(cls)}
+    if extra:
+        raise ConfigError(f"unknown {what} config keys: {sorted(extra)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one recurrent model: family, sizes, inputs and output heads."""
@@ -41,11 +57,7 @@ class ModelConfig:
     def _validate(self) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(f"model family {self.family!r} is not one of {FAMILIES}")
-        for name in ("n_features", "hidden", "layers", "horizon"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"model {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout}")
+        check_sizes("model", self, ("n_features", "hidden", "layers", "horizon"))
         if not self.heads:
             raise ConfigError("model needs at least one output head")
         unknown = [h for h in self.heads if h not in HEADS]
@@ -84,8 +96,5 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of to_dict; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        extra = set(d) - known
-        if extra:
-            raise ConfigError(f"unknown model config keys: {sorted(extra)}")
+        check_keys("model", cls, d)
         return cls(**d)
