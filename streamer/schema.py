@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from typing import Annotated, Any, NamedTuple, NotRequired
 
 import numpy as np
@@ -55,6 +56,7 @@ class ReadingChunk(TypedDict):
 _INPUT = TypeAdapter(Reading | ReadingChunk).validator.validate_json
 _READING = TypeAdapter(Reading).validator.validate_json
 _CHUNK = TypeAdapter(ReadingChunk).validator.validate_json
+_LOOKS_CHUNKED = re.compile(rb'"ts"\s*:\s*\[').search  # compact or spaced JSON alike
 
 
 class Decoded:
@@ -112,7 +114,7 @@ def parse(raw: bytes | None, n_features: int, channels: tuple[str, ...] | None =
     if len(raw) > max_bytes:
         raise InvalidRecord("oversize", f"record of {len(raw)} bytes exceeds {max_bytes}")
     try:  # the shape the record looks like first: about half the cost of trying the union of both shapes
-        msg = _CHUNK(raw) if b'"ts":[' in raw else _READING(raw)
+        msg = _CHUNK(raw) if _LOOKS_CHUNKED(raw) else _READING(raw)
     except ValidationError:
         msg = None
     try:
