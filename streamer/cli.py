@@ -71,8 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _exit_now(code: int) -> NoReturn:
-    """End the process without the interpreter's teardown: unloading torch takes 1-2 s, which would delay a stop
-    past a second. The service has closed its Kafka clients, files and port by now; the logs are flushed here."""
+    """End the process without the interpreter's teardown: unloading torch takes seconds, which would delay a
+    stop. The service has closed its Kafka clients, files and port by now; the logs are flushed here."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

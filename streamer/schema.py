@@ -31,7 +31,7 @@ DEAD_LETTER_REASONS = (
 )
 
 
-# Records validate into plain dicts (TypedDicts): about 40% cheaper than model instances on the hot path.
+# Records validate into plain dicts (TypedDicts): cheaper than model instances on the hot path.
 @with_config(ConfigDict(extra="forbid"))
 class Reading(TypedDict):
     """One reading: {"stream": "pump-17", "ts": 1732712345123, "values": [0.1, 3.2]} (ts in ms)."""
@@ -279,7 +279,7 @@ class ForecastEncoder:
     sizes); "batch" groups them by poll (a replay after a crash may group them differently), "input" publishes the
     same records again. Records are split past `max_record_bytes`, so that one stream's batch (a chunk of 50k
     readings, say) never makes a record the topic refuses: a refused record would fail every retry of the same work.
-    The text is assembled from pieces, about 4x faster than json.dumps of a dict.
+    The text is assembled from pieces, much faster than json.dumps of a dict.
     """
 
     def __init__(self, model: str, version: str, every: int, by_input: bool, max_record_bytes: int) -> None:

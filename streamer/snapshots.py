@@ -30,8 +30,8 @@ _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _json(obj: Any) -> bytes:
-    """Compact JSON (NaN and Infinity as Python's json writes them): pydantic-core's encoder, about 6x faster
-    than json's on detector state full of floats, which every commit encodes for every changed stream."""
+    """Compact JSON (NaN and Infinity as Python's json writes them): pydantic-core's encoder, much faster than
+    json's on detector state full of floats, which every commit encodes for every changed stream."""
     return to_json(obj, inf_nan_mode="constants", bytes_mode="base64")
 
 

@@ -167,7 +167,7 @@ def producer_config(kafka: KafkaSettings, transactional_id: str | None) -> dict:
         "max_request_size": max(kafka.max_record_bytes, 1_048_576) * 2,
         # A transaction's first request right after the previous commit is refused with CONCURRENT_TRANSACTIONS
         # until the broker has written the commit markers; kafka-python retries after retry_backoff_ms (100 by
-        # default), which made send_offsets_to_transaction take 100-290 ms per commit on a local broker. The
+        # default), which made every commit's send_offsets_to_transaction wait out such backoffs. The
         # Java client retries that error after 20 ms (KAFKA-5477); so does this producer, for all retries.
         "retry_backoff_ms": 20,
         **extra,

@@ -312,9 +312,9 @@ class RecordAppender:
     partition registered in the transaction), builds a log line it then discards, and goes through the
     accumulator, the batch and the batch builder one record at a time, with a future per record. Here the
     records of each partition are written straight into its open batch under the partition's lock
-    (append_to_batch: byte for byte what the builder writes), and they share that batch's future: 2.7 us a
-    record, against 33 through send() and 14-19 through the accumulator's append (20k records of one
-    transaction, kafka-python 3.0.12). Records without a partition (through send(), in order among
+    (append_to_batch: byte for byte what the builder writes), and they share that batch's future: a
+    fraction of the cost per record of send() or of the accumulator's append (figures in benchmarks/README.md).
+    Records without a partition (through send(), in order among
     themselves), records near the size limit (the accumulator's own append, after send()'s exact size
     check), batches of the legacy message format and producers whose internals differ from those this was
     written against take the slower paths. Order is kept within every partition, which is all Kafka orders.
