@@ -307,6 +307,45 @@ def auto_pos_weight(cfg: TrainConfig, streams: list[Stream]) -> float | None:
     return (len(lab) - pos) / max(pos, 1.0)
 
 
+def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
+    """The configured learning-rate schedule, or None."""
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=1)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return None
+
+
+def _train_epoch(trainer: Trainer, train: list[Stream], targets: Targets, rng: np.random.Generator,
+                 label: str) -> float:
+    """One pass over the training rows in the configured layout; the mean batch loss (NaN batches left out)."""
+    cfg = trainer.cfg
+    trainer.model.train()
+    if cfg.mode == "stateful":
+        batches = schedule(make_lanes(train, cfg.batch, cfg.washout, rng), cfg.batch, cfg.tbptt, rng)
+    else:
+        batches = window_batches(train, cfg.window, cfg.score_last, cfg.batch, cfg.washout, rng)
+    trainer.state = None
+    losses = []
+    bar = tqdm(batches, desc=label, leave=False, disable=not cfg.progress, unit="batch", dynamic_ncols=True)
+    for batch in bar:
+        loss = trainer.step(batch, targets)
+        if not math.isnan(loss):
+            losses.append(loss)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    bar.close()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _stop_reason(cfg: TrainConfig, bad_epochs: int, elapsed_s: float) -> str:
+    """Why training stops after this epoch ("" to go on): patience spent, or the time budget."""
+    if bad_epochs >= cfg.patience:
+        return f"early stop: no validation gain for {cfg.patience} epochs"
+    if cfg.max_minutes and elapsed_s > 60 * cfg.max_minutes:
+        return f"time budget of {cfg.max_minutes} min"
+    return ""
+
+
 def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[Stream],
         delay: DelayLine | None = None, lr_plan: list[float] | None = None, keep_initial: bool = False) -> History:
     """Train in place with early stopping on the validation loss; the best epoch's weights are restored.
@@ -322,14 +361,7 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
     trainer.pos_weight = auto_pos_weight(cfg, train)
     horizon = model.config.horizon
     targets = Targets(cfg.task, train, horizon, trainer.device, cfg.transition_weight, cfg.transition_window)
-    if lr_plan is not None:
-        sched = None
-    elif cfg.lr_schedule == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(trainer.opt, factor=cfg.lr_factor, patience=1)
-    elif cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(trainer.opt, T_max=cfg.epochs)
-    else:
-        sched = None
+    sched = None if lr_plan is not None else _scheduler(cfg, trainer.opt)
     hist = History()
     best, best_state, bad = math.inf, None, 0
     if keep_initial and val and lr_plan is None:
@@ -342,22 +374,7 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
         if lr_plan is not None:
             for group in trainer.opt.param_groups:
                 group["lr"] = float(lr_plan[epoch])
-        model.train()
-        if cfg.mode == "stateful":
-            batches = schedule(make_lanes(train, cfg.batch, cfg.washout, rng), cfg.batch, cfg.tbptt, rng)
-        else:
-            batches = window_batches(train, cfg.window, cfg.score_last, cfg.batch, cfg.washout, rng)
-        trainer.state = None
-        losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs}", leave=False, disable=not cfg.progress,
-                   unit="batch", dynamic_ncols=True)
-        for batch in bar:
-            loss = trainer.step(batch, targets)
-            if not math.isnan(loss):
-                losses.append(loss)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        bar.close()
-        train_loss = float(np.mean(losses)) if losses else float("nan")
+        train_loss = _train_epoch(trainer, train, targets, rng, f"epoch {epoch + 1}/{n_epochs}")
         val_loss = validation_loss(model, cfg, val, horizon, trainer.pos_weight) if val else train_loss
         hist.train_loss.append(train_loss)
         hist.val_loss.append(val_loss)
@@ -375,15 +392,11 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(val_loss)
-        elif sched is not None:
-            sched.step()
-        if bad >= cfg.patience:
-            hist.stopped = f"early stop: no validation gain for {cfg.patience} epochs"
-            break
-        if cfg.max_minutes and time.monotonic() - t0 > 60 * cfg.max_minutes:
-            hist.stopped = f"time budget of {cfg.max_minutes} min"
+        if sched is not None:  # a plateau schedule steps on the validation loss, the others on the epoch
+            sched.step(val_loss) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
+        reason = _stop_reason(cfg, bad, time.monotonic() - t0)
+        if reason:
+            hist.stopped = reason
             break
     if lr_plan is not None:
         hist.stopped = f"refit: {n_epochs} epochs"

@@ -146,21 +146,76 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     """
     t_start = time.monotonic()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    if isinstance(config_path, dict):
-        cfg = copy.deepcopy(config_path)
-        config_path = cfg.pop("_source", "<dict>")
-        unknown = set(cfg) - SECTIONS
-        if unknown or "path" not in cfg.get("data", {}):
-            raise ConfigError(f"config dict: unknown sections {sorted(unknown)} or no [data] path")
-    else:
-        cfg = load_config(config_path)
-    data, split, mcfg = cfg["data"], cfg.get("split", {}), dict(cfg.get("model", {}))
-    spec = _spec(data)
-    task = "event" if spec.label else "forecast"
-    tc = _train_config(cfg.get("train", {}), task, device, epochs)
+    cfg, source = _read_config(config_path)
+    d = _prepare_data(cfg)
+    tc = _train_config(cfg.get("train", {}), d.task, device, epochs)
     tc.progress = progress
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is available")
+    arch = _architecture(dict(cfg.get("model", {})), d.spec, d.task)
+    _check_combinations(tc, arch.context, d.task)
+    detectors = _detectors(cfg.get("detectors", {}), arch.config.heads)
+    event_run = _event_min_run(cfg.get("events", {}), d.task)
+    fitted = _fit_all(arch, tc, d)
+    report_dir = Path(out) / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _fit_metrics(fitted, tc, d)
+    if d.task == "forecast":
+        thresholds = _forecast_report(fitted.model, d.series, d.x, d.val, d.test, arch.horizon, d.spec, cfg, metrics,
+                                      report_dir)
+        baselines = None
+    else:
+        thresholds, baselines = _event_outcome(fitted, tc, d, cfg, metrics, report_dir, event_run)
+    _plot_fit(fitted, report_dir)
+    meta = {
+        "features": d.spec.to_dict(),
+        "normalization": d.norm.to_dict(),
+        "horizon": arch.horizon,
+        "context": _context_meta(arch.context, len(d.spec.numeric), d.task) if arch.context else None,
+        "thresholds": thresholds,
+        "baselines": baselines,
+        "detectors": detectors,
+        "training": _training_meta(fitted, tc, source, d),
+        "data_fingerprint": fingerprint([d.splits["train"]]),
+        "metrics": metrics,
+    }
+    checkpoints.save(Path(out) / "checkpoint", fitted.model, meta)
+    metrics["total_seconds"] = time.monotonic() - t_start
+    write_metrics(report_dir, metrics)
+    return metrics
+
+
+def _read_config(config_path: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The config (a TOML file's, or a dict checked like one) and where it came from."""
+    if not isinstance(config_path, dict):
+        return load_config(config_path), str(config_path)
+    cfg = copy.deepcopy(config_path)
+    source = cfg.pop("_source", "<dict>")
+    unknown = set(cfg) - SECTIONS
+    if unknown or "path" not in cfg.get("data", {}):
+        raise ConfigError(f"config dict: unknown sections {sorted(unknown)} or no [data] path")
+    return cfg, str(source)
+
+
+@dataclass
+class _Data:
+    """The run's rows: the series normalised by its training rows, and the train, validation and test streams."""
+
+    spec: FeatureSpec
+    task: str
+    series: Series
+    splits: dict[str, Any]
+    norm: Normalizer
+    x: np.ndarray
+    train: list[Stream]
+    val: Stream
+    test: Stream
+
+
+def _prepare_data(cfg: dict[str, Any]) -> _Data:
+    """[data] and [split]: load, split, normalise on the training rows; the test rows from the split or test_path."""
+    data, split = cfg["data"], cfg.get("split", {})
+    spec = _spec(data)
     series = _load(data["path"], spec, data)
     if "rows" in split:
         sp = split_rows(series, {k: tuple(v) for k, v in split["rows"].items()})
@@ -171,40 +226,73 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
     norm = Normalizer.fit([sp["train"]])
     x = norm.apply(series.values)
     labels = series.labels.astype(np.float32) if series.labels is not None else None
-    train = [Stream(series.stream, x, series.categorical, labels, sp["train"].lo, sp["train"].hi)]
-    val = [Stream(series.stream, x, series.categorical, labels, sp["val"].lo, sp["val"].hi)]
+
+    def rows(name: str) -> Stream:
+        return Stream(series.stream, x, series.categorical, labels, sp[name].lo, sp[name].hi)
+
     if "test_path" in data:
         ts = _load(data["test_path"], spec, data)
         test = Stream(ts.stream, norm.apply(ts.values), ts.categorical,
                       None if ts.labels is None else ts.labels.astype(np.float32), 0, len(ts))
     elif "test" in sp:
-        test = Stream(series.stream, x, series.categorical, labels, sp["test"].lo, sp["test"].hi)
+        test = rows("test")
     else:
         raise ConfigError("no test data: give [split] rows.test or [data] test_path")
+    return _Data(spec, "event" if spec.label else "forecast", series, sp, norm, x, [rows("train")], rows("val"), test)
 
+
+@dataclass
+class _Architecture:
+    """The model's architecture, and the delay line's length (0: none) and the forecast horizon it was built for."""
+
+    config: ModelConfig
+    context: int
+    horizon: int
+
+
+def _architecture(mcfg: dict[str, Any], spec: FeatureSpec, task: str) -> _Architecture:
+    """[model]: the served model's config (a delay line widens the state by `context` readings)."""
     context = int(mcfg.pop("context", 0))
     learned = int(mcfg.pop("hidden", 64))
     heads = ("forecast",) if task == "forecast" else ("event",)
     horizon = int(mcfg.pop("horizon", 1))
     hidden = DelayLine.hidden_for(context, len(spec.numeric), learned) if context else learned
     try:
-        model_cfg = ModelConfig(n_features=len(spec.numeric), hidden=hidden, heads=heads, horizon=horizon,
-                                categorical=tuple((c, max(1, min(16, (c + 1) // 2))) for _, c in spec.categorical),
-                                **mcfg)
+        config = ModelConfig(n_features=len(spec.numeric), hidden=hidden, heads=heads, horizon=horizon,
+                             categorical=tuple((c, max(1, min(16, (c + 1) // 2))) for _, c in spec.categorical),
+                             **mcfg)
     except TypeError as exc:
         raise ConfigError(f"[model]: {exc}") from exc
-    detectors = _detectors(cfg.get("detectors", {}), heads)
-    event_run = _event_min_run(cfg.get("events", {}), task)
+    return _Architecture(config, context, horizon)
+
+
+def _check_combinations(tc: TrainConfig, context: int, task: str) -> None:
+    """Refuse [train] settings that do not combine with the model or the task, naming them."""
     if context and tc.ensemble > 1 and task == "forecast":
         raise ConfigError("train.ensemble > 1 does not combine with a forecaster's model.context (a delay line)")
     if tc.refit and task != "event":
         raise ConfigError("train.refit is for event models")
     if tc.ridge and (not context or task != "forecast"):
         raise ConfigError("train.ridge solves a forecasting delay line's map: it needs model.context and no label")
-    members, histories, first_members, refit_histories = [], [], [], []
-    closed_forms: list[dict[str, Any]] = []
+
+
+@dataclass
+class _Fitted:
+    """The served model (one member, or the members merged) with what its fitting recorded."""
+
+    model: Any
+    histories: list[History]
+    closed_forms: list[dict[str, Any]]
+    refit_histories: list[History]
+    threshold: float | None = None  # with a refit: the event threshold served
+    first_val_accuracy: float | None = None  # with a refit: the first fit's accuracy on the validation rows
+
+
+def _fit_all(arch: _Architecture, tc: TrainConfig, d: _Data) -> _Fitted:
+    """Fit every ensemble member (seeds seed, seed + 1, ...) and merge them; with a refit, the served threshold."""
+    members, histories, first_members, refit_histories, closed_forms = [], [], [], [], []
     for i in range(tc.ensemble):
-        member = _fit_member(model_cfg, replace(tc, seed=tc.seed + i), context, x, train, val)
+        member = _fit_member(arch.config, replace(tc, seed=tc.seed + i), arch.context, d.x, d.train, [d.val])
         members.append(member.model)
         histories.append(member.history)
         if member.closed is not None:
@@ -213,78 +301,83 @@ def run(config_path: str | Path | dict[str, Any], out: str | Path, device: str |
             first_members.append(member.first)
             refit_histories.append(member.refit_history)
     # one member: itself; several: one model that is their mean, step for step (training.ensemble)
-    model = members[0] if len(members) == 1 else merge(members)
-    hist = histories[0]
-    threshold, first_val_accuracy = None, None
+    fitted = _Fitted(members[0] if len(members) == 1 else merge(members), histories, closed_forms, refit_histories)
     if tc.refit:
         # validation rows are in the refit's training data: the threshold is the first fit's (or fixed)
         first = first_members[0] if len(first_members) == 1 else merge(first_members)
-        v = val[0]
+        v = d.val
         fp = _event_probabilities(first, v)
-        threshold = calibrate_event_threshold(fp[v.lo : v.hi], v.labels[v.lo : v.hi]) \
+        fitted.threshold = calibrate_event_threshold(fp[v.lo : v.hi], v.labels[v.lo : v.hi]) \
             if tc.refit_threshold == "first" else float(tc.refit_threshold)
-        first_val_accuracy = _accuracy(fp, v, threshold)
+        fitted.first_val_accuracy = _accuracy(fp, v, fitted.threshold)
+    return fitted
 
-    report_dir = Path(out) / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"task": task, "train_seconds": sum(h.seconds for h in histories + refit_histories),
+
+def _fit_metrics(fitted: _Fitted, tc: TrainConfig, d: _Data) -> dict[str, Any]:
+    """What the fitting did: time, epochs, stopping; the closed form, the refit and the ensemble where used."""
+    hist = fitted.histories[0]
+    metrics: dict[str, Any] = {"task": d.task,
+                               "train_seconds": sum(h.seconds for h in fitted.histories + fitted.refit_histories),
                                "best_epoch": hist.best_epoch + 1, "epochs_run": len(hist.train_loss),
                                "stopped": hist.stopped}
-    if closed_forms:
-        metrics["closed_form"] = closed_forms[0]
+    if fitted.closed_forms:
+        metrics["closed_form"] = fitted.closed_forms[0]
     if tc.refit:
-        metrics["refit"] = {"epochs": [len(h.train_loss) for h in refit_histories], "threshold": threshold,
-                            "rows": [train[0].lo, val[0].hi],
+        metrics["refit"] = {"epochs": [len(h.train_loss) for h in fitted.refit_histories],
+                            "threshold": fitted.threshold, "rows": [d.train[0].lo, d.val.hi],
                             "note": "val_* metrics are in-sample: the served model was refit on the validation rows"}
-    if len(histories) > 1:
-        metrics["ensemble"] = {"members": len(histories), "seeds": [tc.seed + i for i in range(len(histories))],
-                               "best_epochs": [h.best_epoch + 1 for h in histories],
-                               "epochs_run": [len(h.train_loss) for h in histories]}
-    if task == "forecast":
-        thresholds = _forecast_report(model, series, x, val[0], test, horizon, spec, cfg, metrics, report_dir)
-        baselines = None
-    else:
-        # the memoryless baseline learns from the rows the served model learned from (with a refit: validation too)
-        lda = _fit_lda(_train_and_val(train[0], val[0]) if tc.refit else train)
-        baselines = {"lda": lda.to_dict()} if lda is not None else None
-        thresholds = _event_report(model, val[0], test, cfg, metrics, report_dir, threshold, lda)
-        if event_run is not None:  # the served event detector's run length (min_on = min_off)
-            thresholds["event_min_run"] = metrics["event_min_run"] = event_run
-        # out of sample on the validation rows for both: the first fit, and an LDA fitted on the training rows only
-        lda_train = _fit_lda(train) if tc.refit else lda
-        if lda_train is not None:
-            metrics["lda_val_accuracy"] = _accuracy(lda_train.logit(val[0].x), val[0], 0.0)
-        if first_val_accuracy is not None:
-            metrics["val_accuracy_first_fit"] = first_val_accuracy
-    if hist.train_loss:
-        plot_losses(report_dir, hist.to_dict(), refit_histories[0].to_dict() if refit_histories else None)
-    if closed_forms:
-        plot_ridge(report_dir, closed_forms[0]["val_mse_by_ridge"], closed_forms[0]["ridge"])
-    meta = {
-        "features": spec.to_dict(),
-        "normalization": norm.to_dict(),
-        "horizon": horizon,
-        "context": {"kind": "delay_line", "length": context, "units": context * len(spec.numeric),
-                    "note": "the last `length` readings live in the first units of the recurrent state"
-                            + ("" if task == "forecast" else ", the event head's linear path (started at the "
-                               "LDA of the training rows)") + "; the engine serves the model unchanged"}
-        if context else None,
-        "thresholds": thresholds,
-        "baselines": baselines,
-        "detectors": detectors,
-        "training": {"config": asdict(tc), "history": hist.to_dict(), "source_config": str(config_path),
-                     "splits": {k: [v.lo, v.hi] for k, v in sp.items()}},
-        "data_fingerprint": fingerprint([sp["train"]]),
-        "metrics": metrics,
-    }
-    if refit_histories:
-        meta["training"]["refit_histories"] = [h.to_dict() for h in refit_histories]
-    if len(histories) > 1:
-        meta["training"]["member_histories"] = [h.to_dict() for h in histories]
-    checkpoints.save(Path(out) / "checkpoint", model, meta)
-    metrics["total_seconds"] = time.monotonic() - t_start
-    write_metrics(report_dir, metrics)
+    if len(fitted.histories) > 1:
+        metrics["ensemble"] = {"members": len(fitted.histories),
+                               "seeds": [tc.seed + i for i in range(len(fitted.histories))],
+                               "best_epochs": [h.best_epoch + 1 for h in fitted.histories],
+                               "epochs_run": [len(h.train_loss) for h in fitted.histories]}
     return metrics
+
+
+def _event_outcome(fitted: _Fitted, tc: TrainConfig, d: _Data, cfg: dict[str, Any], metrics: dict[str, Any],
+                   report_dir: Path, event_run: int | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An event model's report beside the memoryless LDA baseline: the served thresholds and the baselines."""
+    # the memoryless baseline learns from the rows the served model learned from (with a refit: validation too)
+    lda = _fit_lda(_train_and_val(d.train[0], d.val) if tc.refit else d.train)
+    baselines = {"lda": lda.to_dict()} if lda is not None else None
+    thresholds = _event_report(fitted.model, d.val, d.test, cfg, metrics, report_dir, fitted.threshold, lda)
+    if event_run is not None:  # the served event detector's run length (min_on = min_off)
+        thresholds["event_min_run"] = metrics["event_min_run"] = event_run
+    # out of sample on the validation rows for both: the first fit, and an LDA fitted on the training rows only
+    lda_train = _fit_lda(d.train) if tc.refit else lda
+    if lda_train is not None:
+        metrics["lda_val_accuracy"] = _accuracy(lda_train.logit(d.val.x), d.val, 0.0)
+    if fitted.first_val_accuracy is not None:
+        metrics["val_accuracy_first_fit"] = fitted.first_val_accuracy
+    return thresholds, baselines
+
+
+def _plot_fit(fitted: _Fitted, report_dir: Path) -> None:
+    """The loss curves (with the refit's) and the closed form's validation MSE by ridge."""
+    hist = fitted.histories[0]
+    if hist.train_loss:
+        plot_losses(report_dir, hist.to_dict(), fitted.refit_histories[0].to_dict() if fitted.refit_histories else None)
+    if fitted.closed_forms:
+        plot_ridge(report_dir, fitted.closed_forms[0]["val_mse_by_ridge"], fitted.closed_forms[0]["ridge"])
+
+
+def _context_meta(context: int, n_features: int, task: str) -> dict[str, Any]:
+    """The checkpoint's description of a delay line in the recurrent state."""
+    return {"kind": "delay_line", "length": context, "units": context * n_features,
+            "note": "the last `length` readings live in the first units of the recurrent state"
+                    + ("" if task == "forecast" else ", the event head's linear path (started at the "
+                       "LDA of the training rows)") + "; the engine serves the model unchanged"}
+
+
+def _training_meta(fitted: _Fitted, tc: TrainConfig, source: str, d: _Data) -> dict[str, Any]:
+    """The checkpoint's record of how it was trained: config, histories, source, splits."""
+    meta = {"config": asdict(tc), "history": fitted.histories[0].to_dict(), "source_config": source,
+            "splits": {k: [v.lo, v.hi] for k, v in d.splits.items()}}
+    if fitted.refit_histories:
+        meta["refit_histories"] = [h.to_dict() for h in fitted.refit_histories]
+    if len(fitted.histories) > 1:
+        meta["member_histories"] = [h.to_dict() for h in fitted.histories]
+    return meta
 
 
 @dataclass

@@ -186,14 +186,9 @@ def _loss_over(errors: np.ndarray, lengths: np.ndarray) -> float:
     return float((errors * lengths).sum() / max(int(lengths.sum()), 1))
 
 
-def fit_windowed(series: Sequence[np.ndarray] | np.ndarray, model_cfg: WindowAEConfig,
-                 cfg: WindowTrainConfig | None = None) -> WindowFit:
-    """Train a window autoencoder on the series (raw units); returns the best model and its validation errors."""
-    cfg = cfg or WindowTrainConfig()
-    data = _as_2d(series)
-    if data[0].shape[1] != model_cfg.n_features:
-        raise ConfigError(f"series have {data[0].shape[1]} channels, the model {model_cfg.n_features}")
-    W = model_cfg.window
+def _window_sets(data: list[np.ndarray], window: int, cfg: WindowTrainConfig) -> tuple:
+    """Each series' training rows (its first 1 - val_fraction) and validation rows, the training rows' mean and
+    standard deviation, and the normalised training and validation windows."""
     splits = [(int(math.floor(len(s) * (1.0 - cfg.val_fraction))), len(s)) for s in data]
     train_rows = np.concatenate([s[:cut] for s, (cut, _) in zip(data, splits, strict=True)])
     if len(train_rows) < 2:
@@ -202,11 +197,40 @@ def fit_windowed(series: Sequence[np.ndarray] | np.ndarray, model_cfg: WindowAEC
     std = train_rows.std(axis=0)
     std = np.where(std > 1e-12, std, 1.0)
     norm = [((s - mean) / std).astype(np.float32) for s in data]
-    train = make_windows(norm, [(0, cut) for cut, _ in splits], W, cfg.stride, cfg.min_len)
-    val = make_windows(norm, [(cut, n) for cut, n in splits], W, cfg.val_stride or cfg.stride, cfg.min_len)
+    train = make_windows(norm, [(0, cut) for cut, _ in splits], window, cfg.stride, cfg.min_len)
+    val = make_windows(norm, [(cut, n) for cut, n in splits], window, cfg.val_stride or cfg.stride, cfg.min_len)
     if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"no training or validation windows (train {len(train)}, validation {len(val)})")
+    return splits, mean, std, train, val
 
+
+def _window_epoch(model: WindowAutoencoder, opt: torch.optim.Optimizer, xt: torch.Tensor, lt: torch.Tensor,
+                  rng: np.random.Generator, cfg: WindowTrainConfig) -> float:
+    """One pass over the training windows in a random order; the mean batch loss."""
+    model.train()
+    dev = next(model.parameters()).device
+    losses = []
+    for idx in np.array_split(rng.permutation(len(xt)), max(1, math.ceil(len(xt) / cfg.batch))):
+        i = torch.from_numpy(idx)
+        x, lens = xt[i].to(dev), lt[i]
+        loss = masked_mse(model(x, lens), x, lens)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def fit_windowed(series: Sequence[np.ndarray] | np.ndarray, model_cfg: WindowAEConfig,
+                 cfg: WindowTrainConfig | None = None) -> WindowFit:
+    """Train a window autoencoder on the series (raw units); returns the best model and its validation errors."""
+    cfg = cfg or WindowTrainConfig()
+    data = _as_2d(series)
+    if data[0].shape[1] != model_cfg.n_features:
+        raise ConfigError(f"series have {data[0].shape[1]} channels, the model {model_cfg.n_features}")
+    splits, mean, std, train, val = _window_sets(data, model_cfg.window, cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     dev = torch.device(cfg.device)
@@ -218,20 +242,8 @@ def fit_windowed(series: Sequence[np.ndarray] | np.ndarray, model_cfg: WindowAEC
     t0 = time.monotonic()
     xt, lt = torch.from_numpy(train.x), torch.from_numpy(train.lengths)
     for epoch in range(cfg.epochs):
-        model.train()
-        losses = []
-        for idx in np.array_split(rng.permutation(len(train)), max(1, math.ceil(len(train) / cfg.batch))):
-            i = torch.from_numpy(idx)
-            x, lens = xt[i].to(dev), lt[i]
-            loss = masked_mse(model(x, lens), x, lens)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            opt.step()
-            losses.append(float(loss.detach()))
+        hist.train_loss.append(_window_epoch(model, opt, xt, lt, rng, cfg))
         val_loss = _loss_over(window_errors(model, val, device=dev)[0], val.lengths)
-        hist.train_loss.append(float(np.mean(losses)))
         hist.val_loss.append(val_loss)
         if val_loss < best - 1e-7:
             best, bad, hist.best_epoch = val_loss, 0, epoch
