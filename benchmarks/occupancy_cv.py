@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def held_day_scores(checkpoint: Path, path: Path, lo: int, hi: int, runs: tuple[
     from lab.evaluation import occupancy as occ
 
     served, meta, spec = occ.event_checkpoint(checkpoint)
-    series = load_csv(path, spec, "date")[0]
+    series = occ.one_series(path, spec, "date")
     labels = (series.labels[lo:hi] >= 0.5).astype(np.int8)
     out = {}
     for run in runs:
@@ -136,7 +137,7 @@ def run_cv(path: Path, candidates: list[tuple[int, str, int]], seeds: tuple[int,
 
 
 def choose(errors: dict[str, dict[str, list[int]]], false_events: dict[str, dict[str, list[int]]],
-           minutes: list[int], folds: Any) -> tuple[str, dict[str, int], dict[str, float]]:
+           minutes: list[int], folds: Iterable[int]) -> tuple[str, dict[str, int], dict[str, float]]:
     """The rule on the given folds: the chosen candidate, and every candidate's wrong minutes and false events a
     day there (summed over seeds)."""
     folds = list(folds)

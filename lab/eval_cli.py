@@ -183,20 +183,26 @@ def _add_nab(sub: argparse._SubParsersAction) -> None:
                                    "settings, else the checkpoint's, else the product default.")
     n.add_argument("--data", required=True, help="NAB folder (with data/ and labels/)")
     n.add_argument("--out", required=True, help="output folder")
-    n.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     n.add_argument("--epochs", type=int, default=None, help="pre-training steps (default: the built-in config)")
     n.add_argument("--checkpoint", default=None,
                    help="stream this checkpoint (from `streamer train`) as `streamer serve` would, instead of "
                         "pre-training: its normalisation, and the pipeline of STREAMER_DETECTORS__*, else its "
                         "metadata, else the default")
-    n.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: a tiny model is fastest on one; 0: torch's default)")
-    n.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    n.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(n, threads=1, plots="the PNG plots")
     _cv_arguments(n, "by file, stratified by category (K default 5): each fold's pipeline configuration (of the "
                      "search space) and threshold are chosen on the other folds, then scored on it; reports "
                      "cv_standard beside in_sample_standard, writes OUT/nab_cv.json", "PipelineConfig", "nab_cv")
     n.set_defaults(func=cmd_eval_nab)
+
+
+def _run_options(parser: argparse.ArgumentParser, threads: int, plots: str | None) -> None:
+    """--json, --threads, --no-plots (where the evaluation plots) and --quiet, which every evaluation takes."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument("--threads", type=int, default=threads,
+                        help=f"torch CPU threads (default {threads}; 0: torch's default)")
+    if plots is not None:
+        parser.add_argument("--no-plots", action="store_true", help=f"skip {plots}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _cv_arguments(parser: argparse.ArgumentParser, what: str, config: str, module: str) -> None:
@@ -234,7 +240,6 @@ def _add_occupancy(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--checkpoint", default=None, help="serve this checkpoint instead of training")
     o.add_argument("--config", default=None, help="training TOML (e.g. examples/occupancy.toml; data paths replaced)")
     o.add_argument("--out", default=None, help="output folder")
-    o.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     o.add_argument("--epochs", type=int, default=None, help="override the training epochs")
     o.add_argument("--seed", type=int, default=None, help="override the training seed")
     o.add_argument("--on", type=float, default=None, help="hysteresis on level (default: calibrated threshold)")
@@ -245,9 +250,7 @@ def _add_occupancy(sub: argparse._SubParsersAction) -> None:
                    help="readings below off to end an event (default: the checkpoint's, else 1)")
     o.add_argument("--chunk", type=int, default=60, help="readings per engine step")
     o.add_argument("--tolerance", type=int, default=2, help="minutes either side for onset/offset matching")
-    o.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
-    o.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(o, threads=2, plots="the PNG plot")
     o.set_defaults(func=cmd_eval_occupancy)
 
 
@@ -260,13 +263,10 @@ def _add_smap(sub: argparse._SubParsersAction) -> None:
                                     "its errors through Telemanom's dynamic threshold; scored at event level.")
     sm.add_argument("--data", required=True, help="SMAP folder")
     sm.add_argument("--out", default=None, help="output folder (per-channel sequences, best.png, worst.png)")
-    sm.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     sm.add_argument("--epochs", type=int, default=None, help="training steps per channel (default: built-in)")
     sm.add_argument("--channels", default=None, help="comma-separated channel ids (default: all SMAP channels)")
     sm.add_argument("--max-rows", type=int, default=None, help="use only the first rows of each array (tests)")
-    sm.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    sm.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    sm.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(sm, threads=1, plots="the PNG plots")
     _cv_arguments(sm, "by channel, stratified by subsystem (K default 5): each fold's threshold settings (of the "
                       "search space) are chosen by event F1 on the other folds, then scored on it; reports "
                       "cv_precision and cv_recall beside the in-sample figures, writes OUT/smap_cv.json",
@@ -284,7 +284,5 @@ def _add_ett(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", default=None, help="a checkpoint folder to evaluate instead of training")
     e.add_argument("--out", default=None, help="output folder (training report, checkpoint, best/worst plots)")
     e.add_argument("--epochs", type=int, default=None, help="override the config's training epochs")
-    e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    e.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(e, threads=2, plots=None)
     e.set_defaults(func=cmd_eval_ett)

@@ -96,23 +96,25 @@ class InMemoryCommitter:
 
     def __init__(self, broker: InMemoryBroker) -> None:
         self.broker = broker
-        self.outcome: BaseException | None | bool = False  # False: nothing to wait for; None: committed
+        self.started = False  # a unit was started and not yet waited for
+        self.failure: BaseException | None = None  # what that unit failed with
 
     def start(self, records: list[OutRecord], offsets: dict) -> None:
         """Settle the unit before, then commit this one (its failure kept for `wait`)."""
         self.wait()
+        self.started = True
         try:
             self.broker.transact(list(records), dict(offsets))
-            self.outcome = None
         except TransportFailure as exc:
-            self.outcome = exc
+            self.failure = exc
 
     def wait(self) -> bool:
         """Raise the failure of the unit started last, if it failed; whether there was one to wait for."""
-        outcome, self.outcome = self.outcome, False
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome is None
+        started, failure = self.started, self.failure
+        self.started, self.failure = False, None
+        if failure is not None:
+            raise failure
+        return started
 
     def idle(self) -> bool:
         """A unit is done as soon as it is started."""
@@ -120,7 +122,7 @@ class InMemoryCommitter:
 
     def close(self) -> None:
         """Forget the unit started last: the session is ending."""
-        self.outcome = False
+        self.started, self.failure = False, None
 
 
 class InMemoryRestorer:
@@ -149,9 +151,10 @@ class InMemoryRestorer:
     def step(self, max_s: float) -> tuple[list[int], int]:
         """Read every waiting partition's changelog (last value per stream wins; None deletes) and resume it."""
         done, n = sorted(self.waiting), 0
+        changelog = self.broker.records(self.changelog)
         for p in done:
             latest: dict[str, bytes | None] = {}
-            for r in self.broker.records(self.changelog):
+            for r in changelog:
                 if r.partition == p:
                     latest[r.key.decode()] = r.value
                     n += 1
@@ -259,13 +262,12 @@ class InMemoryTransport:
         """Create the topics (inputs, outputs and changelog with the same partition count)."""
         for topic in [*self.topics, *self.outputs, self.changelog]:
             self.broker.create(topic, self.partitions)
-        self.stop_event = stop_event
         return self.partitions
 
-    def open_session(self, cold: ColdStore) -> InMemorySession:
+    def open_session(self, cold: ColdStore, stop_event: threading.Event) -> InMemorySession:
         """A new session from the group's committed offsets."""
         self.sessions += 1
-        return InMemorySession(self.broker, self.topics, self.changelog, cold, self.stop_event)
+        return InMemorySession(self.broker, self.topics, self.changelog, cold, stop_event)
 
     def partition_for(self, key: bytes, partitions: int) -> int:
         """A stable hash of the key (not Kafka's murmur2: nothing here is shared with Kafka clients)."""

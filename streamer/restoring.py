@@ -33,9 +33,8 @@ class Restoration:
         self.restorer = restorer
 
     def close(self) -> None:
-        """The session ended."""
-        if self.restorer is not None:
-            self.restorer.close()
+        """The session ended (its restorer is closed with it)."""
+        self.restorer = None
 
     @property
     def restoring(self) -> bool:

@@ -52,7 +52,7 @@ class Service:
                  http: HealthServer | None = None, transport: Transport | None = None) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
-        self.transport = transport or KafkaTransport(settings.kafka, self.stop_event)
+        self.transport = transport or KafkaTransport(settings.kafka)
         self.collector = collector  # runs the cyclic garbage collector between batches (the daemon's process)
         self.device = resolve_device(settings.engine.device)
         self.threads = resolve_threads(settings.engine.threads)
@@ -187,7 +187,7 @@ class Service:
         k, e = self.settings.kafka, self.settings.engine
         self.liveness.reason = f"joining group {k.group_id}: waiting for partitions and their state"
         self.liveness.progressed()
-        session = self.transport.open_session(self.cold)
+        session = self.transport.open_session(self.cold, self.stop_event)
         self.restoration.open(session.restorer)
         try:
             self.commits.sink = session.committer

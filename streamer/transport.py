@@ -83,8 +83,8 @@ class Transport(Protocol):
         """Wait for the cluster and prepare the topics; the forecast topic's partition count, None when stopped
         first."""
 
-    def open_session(self, cold: ColdStore) -> Session:
-        """A new session whose restores go into `cold`."""
+    def open_session(self, cold: ColdStore, stop_event: threading.Event) -> Session:
+        """A new session whose restores go into `cold`; its waits end early once `stop_event` is set."""
 
     def partition_for(self, key: bytes, partitions: int) -> int:
         """The partition the cluster's default partitioner picks for a key."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -307,13 +308,14 @@ def auto_pos_weight(cfg: TrainConfig, streams: list[Stream]) -> float | None:
     return (len(lab) - pos) / max(pos, 1.0)
 
 
-def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
-    """The configured learning-rate schedule, or None."""
+def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Callable[[float], None]:
+    """The configured learning-rate schedule as a step taken after each epoch with its validation loss."""
     if cfg.lr_schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=1)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.lr_factor, patience=1).step
     if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    return None
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+        return lambda _val_loss: cosine.step()
+    return lambda _val_loss: None
 
 
 def _train_epoch(trainer: Trainer, train: list[Stream], targets: Targets, rng: np.random.Generator,
@@ -361,7 +363,8 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
     trainer.pos_weight = auto_pos_weight(cfg, train)
     horizon = model.config.horizon
     targets = Targets(cfg.task, train, horizon, trainer.device, cfg.transition_weight, cfg.transition_window)
-    sched = None if lr_plan is not None else _scheduler(cfg, trainer.opt)
+    # a refit's plan sets the learning rates itself
+    step_schedule = _scheduler(cfg, trainer.opt) if lr_plan is None else (lambda _val_loss: None)
     hist = History()
     best, best_state, bad = math.inf, None, 0
     if keep_initial and val and lr_plan is None:
@@ -392,8 +395,7 @@ def fit(model: RecurrentModel, cfg: TrainConfig, train: list[Stream], val: list[
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
-        if sched is not None:  # a plateau schedule steps on the validation loss, the others on the epoch
-            sched.step(val_loss) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
+        step_schedule(val_loss)
         reason = _stop_reason(cfg, bad, time.monotonic() - t0)
         if reason:
             hist.stopped = reason

@@ -1,8 +1,7 @@
 """Kafka clients of the daemon: their settings, the consumer, the producer and the partitioner.
 
 Everything that touches kafka-python lives in the streamer.kafka package; the fast paths over its internals are
-confined to streamer.kafka.fast_paths. The runtime names Kafka's failures, rebalance callbacks and partitions
-through the names this module re-exports.
+confined to streamer.kafka.fast_paths.
 """
 
 from __future__ import annotations
@@ -10,11 +9,8 @@ from __future__ import annotations
 import difflib
 import socket
 
-from kafka import ConsumerRebalanceListener as ConsumerRebalanceListener
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka import KafkaConsumer as KafkaConsumer
-from kafka import TopicPartition as TopicPartition
-from kafka.errors import KafkaError as KafkaError
+from kafka import KafkaConsumer as KafkaConsumer  # re-exported: the demo's reader is typed with it
 from kafka.partitioner.default import murmur2
 
 from streamer.config import KafkaSettings

@@ -92,7 +92,7 @@ class KafkaSession:
 
     def close(self) -> None:
         """Close the restorer's reader, leave the group without committing, and close the producer."""
-        self.restorer.close()
+        self.restorer.close()  # gives up a restore in progress
         self.consumer.close(autocommit=False)
         self.producer.close(timeout=PRODUCER_CLOSE_S)
 
@@ -103,9 +103,9 @@ class KafkaTransport:
     failures = (KafkaError,)
     backoff_s = (1.0, 30.0)  # quick for a blip, gentle on a broker down
 
-    def __init__(self, k: KafkaSettings, stop_event: threading.Event) -> None:
+    def __init__(self, k: KafkaSettings) -> None:
         check_client_options(k)  # an unknown client option fails here, before any broker round trip
-        self.k, self.stop_event = k, stop_event
+        self.k = k
 
     def connect(self, stop_event: threading.Event, liveness: Liveness) -> int | None:
         """Reach the cluster and prepare the topics, retrying with backoff (Connector)."""
@@ -114,9 +114,9 @@ class KafkaTransport:
             return counts[-1]
         return None
 
-    def open_session(self, cold: ColdStore) -> KafkaSession:
+    def open_session(self, cold: ColdStore, stop_event: threading.Event) -> KafkaSession:
         """New clients for a new session."""
-        return KafkaSession(self.k, cold, self.stop_event)
+        return KafkaSession(self.k, cold, stop_event)
 
     def partition_for(self, key: bytes, partitions: int) -> int:
         """Kafka's default partitioner (murmur2)."""
