@@ -8,7 +8,7 @@ stream, a young garbage collection), with anomaly scoring on and off, the two se
 same batches so that a drift of the machine falls on both. The commit hands its records to a stand-in
 committer: no Kafka. Medians over the batches.
 
-Usage: python -m benchmarks.process [--json] [--streams S] [--batch B] [--batches N]
+Usage: python -m benchmarks.process [--json] [--streams S] [--batch B] [--batches N] [--chunk K] [--warm W]
 """
 
 from __future__ import annotations
@@ -57,30 +57,45 @@ def service(anomalies: bool, hidden: int, device: str = "cpu") -> Service:
     return svc
 
 
-def batches(streams: int, per_batch: int, n: int) -> list[list[SimpleNamespace]]:
-    """`n` polls' worth of records (what the consumer returns: key, value, origin, timestamp), streams in turn."""
-    t0 = int(time.time() * 1000) - 10_000_000
+def batches(streams: int, per_batch: int, n: int, chunk: int = 1, ago_ms: int = 10_000_000,
+            every_ms: int = 0) -> list[list[SimpleNamespace]]:
+    """`n` polls' worth of records (what the consumer returns: key, value, origin, timestamp), streams in turn;
+    each record one reading, or a chunk of `chunk` readings of one stream (`per_batch` counts readings), the
+    first `ago_ms` before now; a stream's readings `every_ms` apart (0: records 1 ms apart, whatever the stream)."""
+    t0 = int(time.time() * 1000) - ago_ms
     values = [f"{v:.5f}" for v in np.random.default_rng(0).standard_normal(4096).tolist()]
     ids = stream_ids(streams)  # the end-to-end benchmark's stream names
     out, i = [], 0
     for _ in range(n):
         recs = []
-        for _ in range(per_batch):
+        for _ in range(max(1, per_batch // chunk)):
             stream = ids[i % streams]
-            recs.append(SimpleNamespace(
-                value=f'{{"stream":"{stream}","ts":{t0 + i},"values":[{values[i % 4096]}]}}'.encode(),
-                key=stream.encode(), topic="readings", partition=0, offset=i, timestamp=t0 + i))
+            t, step = (t0 + (i // streams) * chunk * every_ms + i % streams, every_ms) if every_ms else (
+                t0 + i * chunk, 1)
+            if chunk == 1:
+                body = f'{{"stream":"{stream}","ts":{t},"values":[{values[i % 4096]}]}}'
+            else:
+                ts = ",".join(str(t + k * step) for k in range(chunk))
+                rows = ",".join(f"[{values[(i * chunk + k) % 4096]}]" for k in range(chunk))
+                body = f'{{"stream":"{stream}","ts":[{ts}],"values":[{rows}]}}'
+            recs.append(SimpleNamespace(value=body.encode(), key=stream.encode(), topic="readings", partition=0,
+                                        offset=i, timestamp=t))
             i += 1
         out.append(recs)
     return out
 
 
-def measure(streams: int, per_batch: int, n: int, hidden: int = 32, device: str = "cpu") -> dict[str, float]:
+def measure(streams: int, per_batch: int, n: int, hidden: int = 32, device: str = "cpu",
+            chunk: int = 1, warm: int = 0) -> dict[str, float]:
     """Median ms per batch (process + commit snapshots + young collection) with anomaly scoring on and off."""
     services = {"anomalies_on": service(True, hidden, device), "anomalies_off": service(False, hidden, device)}
-    polls = batches(streams, per_batch, n + 3)
+    polls = batches(streams, per_batch, n + 3, chunk)
+    # `warm` readings of each stream first, 5 minutes apart, in chunks of 32, ending before the timed ones: the
+    # seasonal memories full (a day and a week), as in a daemon that has served slow sensors for a week
+    fill = -(-warm // 32)
+    filled = batches(streams, 32 * streams, fill, 32, 10_000_000 + fill * 32 * 300_000, 300_000) if warm else []
     for svc in services.values():  # warm-up: every stream resident, lazily created objects created
-        for recs in polls[:3]:
+        for recs in filled + polls[:3]:
             svc.process(recs)
             svc.commit()
     gc.collect()
@@ -99,7 +114,9 @@ def measure(streams: int, per_batch: int, n: int, hidden: int = 32, device: str 
         gc.enable()
         gc.unfreeze()
     on, off = (statistics.median(times[k]) * 1000 for k in ("anomalies_on", "anomalies_off"))
-    return {"streams": streams, "batch_readings": per_batch, "batches": n, "ms_per_batch": on,
+    per_batch = sum(len(b) for b in polls[3:]) * chunk // n
+    return {"streams": streams, "chunk": chunk, "warm": warm, "batch_readings": per_batch, "batches": n,
+            "ms_per_batch": on,
             "ms_per_batch_no_anomalies": off, "us_per_reading": on * 1000 / per_batch,
             "anomaly_share": 1 - off / on}
 
@@ -111,10 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, nargs="+", default=[1000, 100], help="streams in each batch")
     ap.add_argument("--batch", type=int, default=3300, help="readings per batch (3300: half of peak here)")
     ap.add_argument("--batches", type=int, default=40, help="timed batches per service")
+    ap.add_argument("--chunk", type=int, default=1, help="readings per record (32: a gateway's chunk records)")
+    ap.add_argument("--warm", type=int, default=0,
+                    help="readings of each stream, 5 minutes apart, before the timed batches (2200: full "
+                    "seasonal memories)")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     ap.add_argument("--device", default="cpu", help="the engine's device (cpu, cuda)")
     args = ap.parse_args(argv)
-    rows = [measure(s, args.batch, args.batches, device=args.device) for s in args.streams]
+    rows = [measure(s, args.batch, args.batches, device=args.device, chunk=args.chunk, warm=args.warm)
+            for s in args.streams]
     print(f"{'streams':>8} {'readings':>9} {'ms/batch':>9} {'us/reading':>11} {'no anomalies':>13} "
           f"{'anomaly share':>14}")
     for r in rows:
