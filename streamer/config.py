@@ -299,7 +299,16 @@ class DetectorsSettings(BaseModel):
     season_ms: int | None = Field(
         default=None, ge=0, description="seasonal view: the error is the smaller of the model's and that of the "
         "value this long earlier (e.g. 86400000, a day); 0: off. Its memory is part of every stream's state")
-    season_max: int | None = Field(default=None, gt=0, description="readings kept for the seasonal view")
+    season_max: int | None = Field(
+        default=None, gt=1, description="readings kept for the seasonal view: one per (period + slack) / (this - 1) "
+        "ms, so that they reach one period back at any sampling rate")
+    season_slack_ms: int | None = Field(
+        default=None, ge=0, description="seasonal view: readings this close to one period earlier count too (a "
+        "daily job a few minutes late); 0: only the nearest")
+    season_also_ms: int | None = Field(
+        default=None, ge=0, description="seasonal view: a second period (e.g. 604800000, a week); 0: none")
+    season_also_max: int | None = Field(
+        default=None, gt=1, description="readings kept for the second period (as season_max)")
     value_short: int | None = Field(
         default=None, ge=0, description="value view: likelihood of the mean |normalised reading| over this many "
         "readings; 0: off")

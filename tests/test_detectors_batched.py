@@ -40,7 +40,10 @@ def _run_per_stream(pipe: AnomalyPipeline, data: dict[str, tuple], cuts: dict[st
 
 # the seasonal view at a 30 s period (readings every second in these tests), the value view, the value weight
 VIEWS = {"errors only": {}, "seasonal and value views": {"season_ms": 30_000, "season_max": 40, "value_short": 4},
-         "short seasonal memory": {"season_ms": 30_000, "season_max": 20}, "value weight": {"value_weight": 0.5}}
+         "short seasonal memory": {"season_ms": 30_000, "season_max": 20}, "value weight": {"value_weight": 0.5},
+         "two periods with a slack": {"season_ms": 30_000, "season_also_ms": 70_000, "season_also_max": 30,
+                                      "season_slack_ms": 2_000,
+                                      "season_max": 90}}
 
 
 @pytest.mark.parametrize("views", sorted(VIEWS))

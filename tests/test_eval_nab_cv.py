@@ -59,7 +59,7 @@ def test_fold_split_is_stratified_deterministic_disjoint_and_covering() -> None:
 
 def test_search_space_is_the_product_of_its_axes_and_never_varies_the_normalisation() -> None:
     configs = nab_cv.configurations()
-    assert len(configs) == 48 and len({json.dumps(c, sort_keys=True) for c in configs}) == 48
+    assert len(configs) == 60 and len({json.dumps(c, sort_keys=True) for c in configs}) == 60
     assert all("norm_halflife" not in c for c in configs)
     with pytest.raises(ConfigError):
         nab_cv.configurations((({"norm_halflife": 100.0},),))

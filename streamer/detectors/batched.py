@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from streamer.detectors.pipeline import AnomalyPipeline
-from streamer.detectors.seasonal import seasonal_lookup
 
 
 @dataclass
@@ -47,11 +46,10 @@ def _errors_of_rows(pipeline: AnomalyPipeline, states: list[dict[str, Any]], pre
     pred[starts[nonempty]] = prev[nonempty]
     with np.errstate(invalid="ignore"):
         err = np.abs(x - pred)
-        if pipeline.season is not None:
-            season = pipeline.season
-            memories = [st.setdefault("season", season.init_state()) for st in states]
-            alt = seasonal_lookup(memories, off, ts, x, season.period_ms, season.max_len)
-            err = np.fmin(err, np.abs(x - alt))  # NaN alternative: the forecast's error
+        for key, season in (("season", pipeline.season), ("season_also", pipeline.season_also)):
+            if season is not None:
+                memories = [st.setdefault(key, season.init_state()) for st in states]
+                err = np.fmin(err, season.errors(memories, off, ts, x))  # NaN: no seasonal reading there
     return err
 
 

@@ -27,7 +27,10 @@ class PipelineConfig:
     error_zmax: float = 50.0  # error z-scores are clipped to [0, error_zmax]
     value_weight: float = 0.0  # raw score = max(error z, value_weight * |normalised reading|) (0: errors only)
     season_ms: int = 0  # error = min(|x - forecast|, |x - x one period earlier|), e.g. DAY_MS (0: forecast only)
-    season_max: int = 1500  # readings kept for the seasonal view (faster streams get no seasonal view)
+    season_max: int = 1500  # readings kept for the seasonal view (one per (period + slack) / (season_max - 1) ms)
+    season_slack_ms: int = 0  # readings this close to t - period count as one period earlier too (0: the nearest)
+    season_also_ms: int = 0  # a second seasonal period, e.g. WEEK_MS (0: none) ...
+    season_also_max: int = 350  # ... from a memory of this many readings (kept as season_max's)
     value_short: int = 0  # value view: likelihood of the mean |normalised reading| over this many, e.g. 4 (0: off)
     short: int = 8  # likelihood: short window of raw scores
     long_halflife: float = 8000.0  # likelihood: long-run distribution half-life (the "new normal" rate)
@@ -54,7 +57,9 @@ class AnomalyPipeline(Detector):
 
     Two views of each reading, each turned into a log-likelihood in [0, 1] against its own long-run history:
     - error view: the z of the forecast error, where the error is the smaller of the model's and the
-      seasonal-naive forecast's (the value one `season_ms` earlier): what yesterday explains is not new;
+      seasonal-naive forecasts' (the values one `season_ms` and one `season_also_ms` earlier, within
+      `season_slack_ms`; each memory keeps one reading per slot of its period / its size, so that it reaches one
+      period back at any sampling rate): what yesterday or last week explains is not new;
     - value view (`value_short` > 0): the mean |normalised reading| over the last `value_short` readings,
       i.e. how far the value itself is from the stream's running distribution (spikes, level shifts).
     The final 'score' is the larger of the two (the most surprising view), damped for `suppress` readings
@@ -73,7 +78,10 @@ class AnomalyPipeline(Detector):
         self.lik = AnomalyLikelihood(short=cfg.short, halflife=cfg.long_halflife, warmup=cfg.likelihood_warmup)
         self.vlik = (AnomalyLikelihood(short=cfg.value_short, halflife=cfg.long_halflife,
                                        warmup=cfg.likelihood_warmup) if cfg.value_short > 0 else None)
-        self.season = SeasonalMemory(n_channels, cfg.season_ms, cfg.season_max) if cfg.season_ms > 0 else None
+        self.season = (SeasonalMemory.spanning(n_channels, cfg.season_ms, cfg.season_max, cfg.season_slack_ms)
+                       if cfg.season_ms > 0 else None)
+        self.season_also = (SeasonalMemory.spanning(n_channels, cfg.season_also_ms, cfg.season_also_max,
+                                                    cfg.season_slack_ms) if cfg.season_also_ms > 0 else None)
         self.dt = (DynamicThreshold(window=cfg.dt_window, span=cfg.dt_span, every=cfg.dt_every,
                                     warmup=cfg.likelihood_warmup) if cfg.dt_window > 0 else None)
         self.alerts = AlertLifecycle("anomaly", on=cfg.alert_on, off=cfg.alert_off, resolve_after=cfg.resolve_after,
@@ -91,6 +99,8 @@ class AnomalyPipeline(Detector):
             state["vlik"] = self.vlik.init_state()
         if self.season is not None:
             state["season"] = self.season.init_state()
+        if self.season_also is not None:
+            state["season_also"] = self.season_also.init_state()
         if self.dt is not None:
             state["dt"] = self.dt.init_state()
         return state

@@ -2,8 +2,9 @@
 
 A stream's memory is a ring of its latest readings: times as int64 and values as float32, held in its state as
 two byte strings (little-endian), which snapshots write as base64 JSON strings; compact in memory and in every
-changelog snapshot. `seasonal_lookup` looks up the readings of many streams at once (the daemon's batches);
-`SeasonalMemory.step` is that call for one stream.
+changelog snapshot. `seasonal_lookup` looks up the readings of many streams at once, `seasonal_errors` the
+errors against them (the daemon's batches); `SeasonalMemory.step` is a lookup for one
+stream.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from streamer.detectors.base import Detector, as_2d
 
 DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
 _KEY_LIMIT = 2**62  # the combined search keys (stream number times a span, plus a time) stay below this
 _URLSAFE = str.maketrans("+/", "-_")
 
@@ -54,6 +56,84 @@ def memory_length(state: dict[str, Any], n_channels: int = 1) -> int:
     return int(decode_memory(state, n_channels)[0].size)
 
 
+class _Rings:
+    """The memories of a batch's streams followed by their new readings, concatenated: stream i's times are
+    cat_ts[cstart[i]:cstart[i] + total[i]] (increasing); new reading r sits at (or, not kept, would sit at) cat
+    position pos[r], after every remembered reading older than it.
+
+    With `step_ms`, only the first reading of each step-long slot of time is remembered (a coarse memory: a
+    week in a few hundred readings); whether a reading is kept depends on the readings before it alone, so any
+    chunking of a stream keeps the same ones.
+    """
+
+    def __init__(self, memories: list[dict[str, Any]], offsets: np.ndarray, ts: np.ndarray,
+                 values: np.ndarray, step_ms: int = 0) -> None:
+        off = np.asarray(offsets, dtype=np.int64)
+        self.lengths = np.diff(off)
+        self.x = np.asarray(values, dtype=np.float64)
+        C = self.x.shape[1]
+        rings = [decode_memory(m, C) for m in memories]
+        ring_len = np.array([r[0].size for r in rings], dtype=np.int64)
+        self.times = times = np.asarray(ts, dtype=np.int64).reshape(-1)
+        self.owner = owner = np.repeat(np.arange(len(rings)), self.lengths)  # each new reading's stream
+        kept = self._kept(rings, off, step_ms)
+        before = np.cumsum(kept) - kept  # kept readings before each one, over the whole batch ...
+        before -= np.concatenate([[0], np.cumsum(kept)])[off[:-1]][owner]  # ... and within its stream
+        x32 = np.where(np.isfinite(self.x), self.x, np.nan).astype(np.float32)  # non-finite: remembered as NaN
+        self.cat_ts = np.concatenate([p for i, (rt, _) in enumerate(rings)
+                                      for p in (rt, times[off[i]:off[i + 1]][kept[off[i]:off[i + 1]]])]
+                                     or [np.zeros(0, dtype=np.int64)])
+        self.cat_x = np.concatenate([p for i, (_, rx) in enumerate(rings)
+                                     for p in (rx, x32[off[i]:off[i + 1]][kept[off[i]:off[i + 1]]])]
+                                    or [np.zeros((0, C), dtype=np.float32)])
+        self.added = np.bincount(owner[kept], minlength=len(rings))  # new readings remembered, per stream
+        self.total = ring_len + self.added
+        self.cstart = np.concatenate([[0], np.cumsum(self.total)[:-1]]).astype(np.int64)
+        self.pos = self.cstart[owner] + ring_len[owner] + before
+
+    def _kept(self, rings: list[tuple[np.ndarray, np.ndarray]], off: np.ndarray, step_ms: int) -> np.ndarray:
+        """Which new readings are remembered: all, or the first of each `step_ms` slot (each stream's first new
+        reading against its memory's last)."""
+        if step_ms <= 0:
+            return np.ones(self.times.size, dtype=bool)
+        slot = self.times // int(step_ms)
+        prev = np.empty_like(slot)
+        prev[1:] = slot[:-1]
+        firsts = off[:-1][self.lengths > 0]
+        prev[firsts] = [r[0][-1] // int(step_ms) if r[0].size else np.iinfo(np.int64).min
+                        for r, n in zip(rings, self.lengths.tolist(), strict=True) if n > 0]
+        return slot != prev
+
+    def positions(self, query: np.ndarray, max_len: int) -> np.ndarray:
+        """Per new reading, the first of its stream's positions with a time at or after `query`, within the
+        `max_len` readings before it (so between pos - max_len and pos)."""
+        lo = np.maximum(self.cstart[self.owner], self.pos - int(max_len))
+        at = _positions(self.cat_ts, self.cstart, self.total, self.owner, query)
+        return np.minimum(np.maximum(at, lo), self.pos)
+
+    def nearest(self, period_ms: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per new reading, the position of the reading nearest to one period earlier and whether it counts: it
+        lies within half the sampling interval (the reading's time minus the previous one's) of t - period."""
+        cat_ts, pos, times = self.cat_ts, self.pos, self.times
+        target = times - int(period_ms)
+        lo = np.maximum(self.cstart[self.owner], pos - int(max_len))
+        at = self.positions(target, max_len)
+        before_ok, after_ok = at - 1 >= lo, at < pos
+        gap_before = np.where(before_ok, np.abs(cat_ts[np.maximum(at - 1, 0)] - target), np.iinfo(np.int64).max)
+        gap_after = np.where(after_ok, np.abs(cat_ts[np.minimum(at, cat_ts.size - 1)] - target),
+                             np.iinfo(np.int64).max)
+        best = np.where(gap_after < gap_before, at, at - 1)  # ties: the earlier reading
+        has_prev = pos - 1 >= self.cstart[self.owner]
+        tol = (times - cat_ts[np.maximum(pos - 1, 0)]) / 2.0
+        match = has_prev & (before_ok | after_ok) & (np.minimum(gap_before, gap_after) <= tol)
+        return best, match
+
+    def remember(self, memories: list[dict[str, Any]], keep_ms: int, max_len: int) -> None:
+        """Write back each memory that gained readings: what later lookups reaching `keep_ms` back can still need
+        (a memory that gained none keeps what it held: its newest reading, and so what it must keep, is the same)."""
+        _remember(memories, self.cat_ts, self.cat_x, self.cstart, self.total, self.added, keep_ms, max_len)
+
+
 def seasonal_lookup(memories: list[dict[str, Any]], offsets: np.ndarray, ts: np.ndarray, values: np.ndarray,
                     period_ms: int, max_len: int) -> np.ndarray:
     """For readings [N, C] laid out by `offsets` (stream i: rows offsets[i]:offsets[i+1]), each one's value one
@@ -63,39 +143,36 @@ def seasonal_lookup(memories: list[dict[str, Any]], offsets: np.ndarray, ts: np.
     readings before it, and the nearest to t - period counts when it lies within half the sampling interval
     (t minus the previous reading's time) of t - period.
     """
-    off = np.asarray(offsets, dtype=np.int64)
-    lengths = np.diff(off)
-    x = np.asarray(values, dtype=np.float64)
-    C = x.shape[1]
-    rings = [decode_memory(m, C) for m in memories]
-    ring_len = np.array([r[0].size for r in rings], dtype=np.int64)
-    times = np.asarray(ts, dtype=np.int64).reshape(-1)
-    kept = np.where(np.isfinite(x), x, np.nan).astype(np.float32)  # non-finite values are remembered as NaN
-    cat_ts = np.concatenate([p for i, (rt, _) in enumerate(rings) for p in (rt, times[off[i]:off[i + 1]])]
-                            or [np.zeros(0, dtype=np.int64)])
-    cat_x = np.concatenate([p for i, (_, rx) in enumerate(rings) for p in (rx, kept[off[i]:off[i + 1]])]
-                           or [np.zeros((0, C), dtype=np.float32)])
-    total = ring_len + lengths
-    cstart = np.concatenate([[0], np.cumsum(total)[:-1]]).astype(np.int64)
-    owner = np.repeat(np.arange(len(rings)), lengths)  # each new reading's stream
-    pos = cstart[owner] + ring_len[owner] + (np.arange(times.size) - off[:-1][owner])
-    target = times - int(period_ms)
-    out = np.full(x.shape, np.nan)
-    if times.size:
-        lo = np.maximum(cstart[owner], pos - int(max_len))
-        at = np.maximum(_positions(cat_ts, cstart, total, owner, target), lo)
-        before_ok, after_ok = at - 1 >= lo, at < pos
-        gap_before = np.where(before_ok, np.abs(cat_ts[np.maximum(at - 1, 0)] - target), np.iinfo(np.int64).max)
-        gap_after = np.where(after_ok, np.abs(cat_ts[np.minimum(at, cat_ts.size - 1)] - target),
-                             np.iinfo(np.int64).max)
-        best = np.where(gap_after < gap_before, at, at - 1)  # ties: the earlier reading
-        gap = np.minimum(gap_before, gap_after)
-        has_prev = pos - 1 >= cstart[owner]
-        tol = (times - cat_ts[np.maximum(pos - 1, 0)]) / 2.0
-        match = has_prev & (before_ok | after_ok) & (gap <= tol)
-        out[match] = cat_x[best[match]]
-    _remember(memories, cat_ts, cat_x, cstart, total, lengths, period_ms, max_len)
+    rings = _Rings(memories, offsets, ts, values)
+    out = np.full(rings.x.shape, np.nan)
+    if rings.times.size:
+        best, match = rings.nearest(period_ms, max_len)
+        out[match] = rings.cat_x[best[match]]
+    rings.remember(memories, period_ms, max_len)
     return out
+
+
+def seasonal_errors(memories: list[dict[str, Any]], offsets: np.ndarray, ts: np.ndarray, values: np.ndarray,
+                    period_ms: int, max_len: int, slack_ms: int = 0, step_ms: int = 0) -> np.ndarray:
+    """|reading - the same stream's reading one period earlier| [N, C], the smallest over the nearest one
+    (`seasonal_lookup`'s rule) and every remembered reading within `slack_ms` of t - period: a daily job that
+    runs a few minutes late is not new. NaN where there is none; the memories are updated (kept for the period
+    plus the slack, at most `max_len` readings, one per `step_ms` when that is set)."""
+    rings = _Rings(memories, offsets, ts, values, step_ms)
+    x, cat_x = rings.x, rings.cat_x
+    err = np.full(x.shape, np.nan)
+    if rings.times.size:
+        best, match = rings.nearest(period_ms, max_len)
+        err[match] = np.abs(x[match] - cat_x[best[match]])
+        if slack_ms > 0:
+            target = rings.times - int(period_ms)
+            first = rings.positions(target - int(slack_ms), max_len)
+            width = rings.positions(target + int(slack_ms) + 1, max_len) - first
+            for d in range(int(width.max(initial=0))):  # the readings within the slack, one offset at a time
+                rows = np.flatnonzero(width > d)
+                err[rows] = np.fmin(err[rows], np.abs(x[rows] - cat_x[first[rows] + d]))
+    rings.remember(memories, int(period_ms) + int(slack_ms), max_len)
+    return err
 
 
 def _positions(cat_ts: np.ndarray, cstart: np.ndarray, total: np.ndarray, owner: np.ndarray,
@@ -120,10 +197,10 @@ def _positions(cat_ts: np.ndarray, cstart: np.ndarray, total: np.ndarray, owner:
 
 
 def _remember(memories: list[dict[str, Any]], cat_ts: np.ndarray, cat_x: np.ndarray, cstart: np.ndarray,
-              total: np.ndarray, lengths: np.ndarray, period_ms: int, max_len: int) -> None:
-    """Keep, per stream that had readings, the last reading before (latest - period) and all since, at most
+              total: np.ndarray, added: np.ndarray, period_ms: int, max_len: int) -> None:
+    """Keep, per stream with `added` readings, the last reading before (latest - period) and all since, at most
     `max_len` readings: later lookups cannot need anything older."""
-    had = np.flatnonzero(lengths > 0)
+    had = np.flatnonzero(added > 0)
     if had.size == 0:
         return
     end = cstart[had] + total[had]
@@ -140,14 +217,30 @@ class SeasonalMemory(Detector):
     (t minus the previous reading's time) of t - period, so irregular or gappy streams simply get NaN there.
     The state keeps the readings of the last period, at most `max_len` of them (values as float32): a stream
     sampled faster than period / max_len keeps too short a memory and gets NaN, which turns the seasonal view
-    off for it. Used by the pipeline as a second forecaster: a forecast error that yesterday's value at the same
-    time explains (a daily job, a daily ramp) is not an anomaly.
+    off for it (`spanning` makes a coarse memory that reaches the period at any rate). Used by the pipeline as a
+    second forecaster (`errors`): a forecast error that yesterday's value at the same time explains (a daily job,
+    a daily ramp) is not an anomaly; with `slack_ms` the readings that close to t - period count too.
     """
 
     score_range = (-math.inf, math.inf)
 
-    def __init__(self, n_channels: int = 1, period_ms: int = DAY_MS, max_len: int = 1500) -> None:
+    def __init__(self, n_channels: int = 1, period_ms: int = DAY_MS, max_len: int = 1500, slack_ms: int = 0,
+                 step_ms: int = 0) -> None:
         self.n_channels, self.period_ms, self.max_len = n_channels, int(period_ms), int(max_len)
+        self.slack_ms, self.step_ms = int(slack_ms), int(step_ms)
+
+    @classmethod
+    def spanning(cls, n_channels: int, period_ms: int, max_len: int, slack_ms: int) -> SeasonalMemory:
+        """A coarse memory whose `max_len` readings always reach one period (plus the slack) back: one reading
+        kept per slot of (period + slack) / (max_len - 1), at any sampling rate."""
+        step = -(-(int(period_ms) + int(slack_ms)) // max(int(max_len) - 1, 1))
+        return cls(n_channels, period_ms, max_len, slack_ms, step)
+
+    def errors(self, memories: list[dict[str, Any]], offsets: np.ndarray, ts: np.ndarray,
+               values: np.ndarray) -> np.ndarray:
+        """The seasonal-naive forecast's errors for many streams' readings (`seasonal_errors`)."""
+        return seasonal_errors(memories, offsets, ts, values, self.period_ms, self.max_len, self.slack_ms,
+                               self.step_ms)
 
     def init_state(self, n_channels: int | None = None) -> dict[str, Any]:
         """Empty memory."""
