@@ -112,3 +112,24 @@ def test_a_weekly_pattern_is_explained_by_the_second_period() -> None:
         pipe = AnomalyPipeline(1, PipelineConfig(dt_window=0, season_ms=10 * SECOND, season_max=20, **extra))
         errors[name] = pipe.score(pipe.init_state(), ts, x, f)["error"][:, 0]
     assert np.all(errors["both"][71:] == 0.0) and np.mean(errors["one"][71:]) > 0.5
+
+
+def test_memories_read_back_from_a_snapshot_give_the_same_errors() -> None:
+    """A restored stream's memory is base64 text (as a snapshot writes bytes), beside streams whose memories are
+    bytes: the batch reads both, with the errors of memories never written out."""
+    import base64
+
+    rng = np.random.default_rng(5)
+    ts = [np.cumsum(rng.integers(900, 1100, 60)).astype(np.int64) for _ in range(2)]
+    x = [rng.normal(size=(60, 1)) for _ in range(2)]
+    held = [_empty(), _empty()]
+    args = (20 * SECOND, 40, 2 * SECOND, 0)
+    for i in range(2):
+        seasonal_errors([held[i]], np.array([0, 30]), ts[i][:30], x[i][:30], *args)
+    restored = [dict(held[0]), {k: base64.urlsafe_b64encode(v).decode() for k, v in held[1].items()}]
+    off = np.array([0, 30, 60])
+    both = [np.concatenate([t[30:] for t in ts]), np.concatenate([v[30:] for v in x])]
+    want = seasonal_errors(held, off, *both, *args)
+    got = seasonal_errors(restored, off, *both, *args)
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(got).sum() > 20

@@ -21,6 +21,7 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 _KEY_LIMIT = 2**62  # the combined search keys (stream number times a span, plus a time) stay below this
 _URLSAFE = str.maketrans("+/", "-_")
+_NO_TIME = np.iinfo(np.int64).min  # a stream whose memory is empty: no slot of time remembered yet
 
 
 def encode_memory(ts: np.ndarray, x: np.ndarray) -> dict[str, bytes]:
@@ -51,6 +52,24 @@ def decode_memory(state: dict[str, Any], n_channels: int) -> tuple[np.ndarray, n
     return ts, x.reshape(ts.size, n_channels)
 
 
+def _decode_all(memories: list[dict[str, Any]], n_channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every memory's times and values, concatenated, and how many each holds: in one pass over joined bytes
+    when all are held as bytes (the daemon's case between snapshots), else memory by memory."""
+    ts_parts = [m.get("ts") or b"" for m in memories]
+    x_parts = [m.get("x") or b"" for m in memories]
+    if all(type(p) is bytes for p in ts_parts) and all(type(p) is bytes for p in x_parts):
+        lengths = np.fromiter(map(len, ts_parts), dtype=np.int64, count=len(ts_parts)) // 8
+        widths = np.fromiter(map(len, x_parts), dtype=np.int64, count=len(x_parts)) // (4 * n_channels)
+        if np.array_equal(lengths, widths) and all(len(p) % 8 == 0 for p in ts_parts):
+            ts = np.frombuffer(b"".join(ts_parts), dtype="<i8").astype(np.int64)
+            x = np.frombuffer(b"".join(x_parts), dtype="<f4").reshape(-1, n_channels)
+            return ts, x, lengths
+    rings = [decode_memory(m, n_channels) for m in memories]
+    return (np.concatenate([r[0] for r in rings] or [np.zeros(0, dtype=np.int64)]).astype(np.int64),
+            np.concatenate([r[1] for r in rings] or [np.zeros((0, n_channels), dtype=np.float32)]),
+            np.array([r[0].size for r in rings], dtype=np.int64))
+
+
 def memory_length(state: dict[str, Any], n_channels: int = 1) -> int:
     """How many readings a memory holds."""
     return int(decode_memory(state, n_channels)[0].size)
@@ -72,36 +91,36 @@ class _Rings:
         self.lengths = np.diff(off)
         self.x = np.asarray(values, dtype=np.float64)
         C = self.x.shape[1]
-        rings = [decode_memory(m, C) for m in memories]
-        ring_len = np.array([r[0].size for r in rings], dtype=np.int64)
+        ring_ts, ring_x, ring_len = _decode_all(memories, C)
         self.times = times = np.asarray(ts, dtype=np.int64).reshape(-1)
-        self.owner = owner = np.repeat(np.arange(len(rings)), self.lengths)  # each new reading's stream
-        kept = self._kept(rings, off, step_ms)
+        self.owner = owner = np.repeat(np.arange(len(memories)), self.lengths)  # each new reading's stream
+        ring_end = np.cumsum(ring_len)
+        kept = self._kept(off, step_ms, np.where(ring_len > 0, ring_ts[np.maximum(ring_end - 1, 0)], _NO_TIME)
+                          if ring_ts.size else np.full(len(memories), _NO_TIME))
         before = np.cumsum(kept) - kept  # kept readings before each one, over the whole batch ...
         before -= np.concatenate([[0], np.cumsum(kept)])[off[:-1]][owner]  # ... and within its stream
-        x32 = np.where(np.isfinite(self.x), self.x, np.nan).astype(np.float32)  # non-finite: remembered as NaN
-        self.cat_ts = np.concatenate([p for i, (rt, _) in enumerate(rings)
-                                      for p in (rt, times[off[i]:off[i + 1]][kept[off[i]:off[i + 1]]])]
-                                     or [np.zeros(0, dtype=np.int64)])
-        self.cat_x = np.concatenate([p for i, (_, rx) in enumerate(rings)
-                                     for p in (rx, x32[off[i]:off[i + 1]][kept[off[i]:off[i + 1]]])]
-                                    or [np.zeros((0, C), dtype=np.float32)])
-        self.added = np.bincount(owner[kept], minlength=len(rings))  # new readings remembered, per stream
+        self.added = np.bincount(owner[kept], minlength=len(memories))  # new readings remembered, per stream
         self.total = ring_len + self.added
         self.cstart = np.concatenate([[0], np.cumsum(self.total)[:-1]]).astype(np.int64)
         self.pos = self.cstart[owner] + ring_len[owner] + before
+        # the rings and the kept new readings scattered into one array, each stream's memory before its readings
+        at_ring = np.repeat(self.cstart - (ring_end - ring_len), ring_len) + np.arange(ring_ts.size)
+        x32 = np.where(np.isfinite(self.x), self.x, np.nan).astype(np.float32)  # non-finite: remembered as NaN
+        self.cat_ts = np.empty(int(self.total.sum()), dtype=np.int64)
+        self.cat_x = np.empty((self.cat_ts.size, C), dtype=np.float32)
+        self.cat_ts[at_ring], self.cat_x[at_ring] = ring_ts, ring_x
+        self.cat_ts[self.pos[kept]], self.cat_x[self.pos[kept]] = times[kept], x32[kept]
 
-    def _kept(self, rings: list[tuple[np.ndarray, np.ndarray]], off: np.ndarray, step_ms: int) -> np.ndarray:
+    def _kept(self, off: np.ndarray, step_ms: int, last_kept: np.ndarray) -> np.ndarray:
         """Which new readings are remembered: all, or the first of each `step_ms` slot (each stream's first new
-        reading against its memory's last)."""
+        reading against its memory's newest time, `last_kept`)."""
         if step_ms <= 0:
             return np.ones(self.times.size, dtype=bool)
         slot = self.times // int(step_ms)
         prev = np.empty_like(slot)
         prev[1:] = slot[:-1]
-        firsts = off[:-1][self.lengths > 0]
-        prev[firsts] = [r[0][-1] // int(step_ms) if r[0].size else np.iinfo(np.int64).min
-                        for r, n in zip(rings, self.lengths.tolist(), strict=True) if n > 0]
+        has = self.lengths > 0
+        prev[off[:-1][has]] = np.where(last_kept[has] == _NO_TIME, _NO_TIME, last_kept[has] // int(step_ms))
         return slot != prev
 
     def positions(self, query: np.ndarray, max_len: int) -> np.ndarray:
