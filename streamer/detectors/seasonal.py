@@ -132,7 +132,8 @@ class _Rings:
 
     def nearest(self, period_ms: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Per new reading, the position of the reading nearest to one period earlier and whether it counts: it
-        lies within half the sampling interval (the reading's time minus the previous one's) of t - period."""
+        lies within half the sampling interval (the reading's time minus the previous remembered one's, which in
+        a coarse memory spans a slot) of t - period."""
         cat_ts, pos, times = self.cat_ts, self.pos, self.times
         target = times - int(period_ms)
         lo = np.maximum(self.cstart[self.owner], pos - int(max_len))
