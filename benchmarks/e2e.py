@@ -52,6 +52,8 @@ from streamer.schema import OutRecord
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 32
 PACED_LINGER_MS = 10  # paced producer batching (2 ms cost 0.67 of a core at 11.6k/s, 10 ms 0.49); adds <= 10 ms
+# the daemon's time line from its "stopped" log line (streamer.liveness.LoopStats.timeline)
+TIMELINE = ("poll_wait_ms_per_poll", "process_ms_per_poll", "handover_ms_per_commit", "transaction_ms_per_commit")
 LATENCY_DROP = 0.10  # the first 10% of latency samples are warm-up
 
 
@@ -243,7 +245,7 @@ class Serve:
                 self.proc.wait()
         self.reader.join(timeout=10)
         stopped = next((e for e in self.entries if e.get("msg") == "stopped"), {})
-        keys = ("polls", "readings", "outputs", "dead_letters", "commits", "rewinds")
+        keys = ("polls", "readings", "outputs", "dead_letters", "commits", "rewinds", *TIMELINE)
         return {k: stopped[k] for k in keys if k in stopped}
 
     def tail(self, n: int = 30) -> str:
@@ -502,6 +504,9 @@ def measure_shape(args, bootstrap: str, src: str, produced: dict[str, Any], chun
             lat[key] = med(x[key] for x in lats)
         lat["runs"] = [{key: x[key] for key in ("rate_per_s", "p50_latency_ms", "p99_latency_ms", "max_latency_ms")}
                        for x in lats]
+        # where a reading's time goes in the latency runs: the daemon's own time line (medians of the runs)
+        lat["timeline"] = {key: med(x["daemon"][key] for x in lats) for key in TIMELINE
+                           if all(key in x["daemon"] for x in lats)}
     return {
         "bare_consume_per_s": bare_r,
         "e2e_per_s": alo_r,
@@ -571,6 +576,12 @@ def table(result: dict[str, Any]) -> str:
     lat = [f"{name}: {r['latency']['rate_per_s']:,.0f}/s" for name, r in shapes if r["latency"]["rate_per_s"]]
     if lat:
         lines.append(f"latency measured at (readings/s, median of the repetitions): {', '.join(lat)}")
+    for name, r in shapes:
+        t = r["latency"].get("timeline") or {}
+        if len(t) == len(TIMELINE):
+            lines.append(f"{name} time line at that rate (ms): poll wait {t['poll_wait_ms_per_poll']:.1f} and process "
+                         f"{t['process_ms_per_poll']:.1f} a poll, hand-over {t['handover_ms_per_commit']:.1f} and "
+                         f"transaction {t['transaction_ms_per_commit']:.1f} a commit")
     return "\n".join(lines)
 
 

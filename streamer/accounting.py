@@ -33,7 +33,7 @@ class CommitAccounting:
         self.evictions_seen = evictions
         self.metrics.active_streams.set(len(store))
         self.metrics.alerts_firing.set(firing)
-        self.stats.committed(p.readings, sum(p.kinds.values()), sum(p.reasons.values()))
+        self.stats.committed(p.readings, sum(p.kinds.values()), sum(p.reasons.values()), seconds)
 
     def failed(self, exc: BaseException) -> None:
         """Count a failed commit; past the configured number in a row the instance reports itself unhealthy."""

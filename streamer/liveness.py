@@ -23,13 +23,29 @@ class LoopStats:
     cold_loads: int = 0
     rewinds: int = 0
     reloads: int = 0
+    # the time line of the loop, seconds summed: waiting in polls, processing what they returned, handing each
+    # commit's records to the committer (their snapshots; waiting for the commit before it), and the commits
+    # themselves (transactions, on the committer's thread)
+    poll_s: float = 0.0
+    process_s: float = 0.0
+    handover_s: float = 0.0
+    transaction_s: float = 0.0
 
-    def committed(self, readings: int, outputs: int, dead_letters: int) -> None:
-        """A unit of work committed."""
+    def committed(self, readings: int, outputs: int, dead_letters: int, seconds: float = 0.0) -> None:
+        """A unit of work committed (in `seconds`)."""
         self.commits += 1
         self.readings += readings
         self.outputs += outputs
         self.dead_letters += dead_letters
+        self.transaction_s += seconds
+
+    def timeline(self) -> dict[str, float]:
+        """The time line per poll and per commit, in ms (for the stop log and benchmarks)."""
+        polls, commits = max(self.polls, 1), max(self.commits, 1)
+        return {"poll_wait_ms_per_poll": round(1000 * self.poll_s / polls, 3),
+                "process_ms_per_poll": round(1000 * self.process_s / polls, 3),
+                "handover_ms_per_commit": round(1000 * self.handover_s / commits, 3),
+                "transaction_ms_per_commit": round(1000 * self.transaction_s / commits, 3)}
 
 
 @dataclass

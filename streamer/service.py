@@ -163,7 +163,7 @@ class Service:
             if self.http is not None:
                 self.http.stop()
             self.cold.close()
-        log.info("stopped", extra=vars(self.stats))
+        log.info("stopped", extra={**vars(self.stats), **self.stats.timeline()})
         return self.stats
 
     def _sessions(self) -> None:
@@ -202,13 +202,17 @@ class Service:
                 now = self.liveness.beat()
                 if self.restoration.restoring:
                     self.restoration.step()
+                before = time.monotonic()
                 records = session.poll(self.restoration.poll_wait_ms(session.all_paused()), max_records)
                 if records and len(records) < max_records:
                     records = session.top_up(records, max_records)
+                polled = time.monotonic()
+                self.stats.poll_s += polled - before
                 if records:
                     self.process(records)
                     self.processor.pending.offsets.update(session.next_offsets(records))
                     self.liveness.last_progress = now
+                    self.stats.process_s += time.monotonic() - polled
                 self.stats.polls += 1
                 self._after_poll(session, now, timers, bool(records))
             self.commit(wait=True)
@@ -312,10 +316,12 @@ class Service:
         committed atomically while the loop goes on; with `wait`, return only once all of it is committed."""
         p = self.processor.pending
         if p and self.commits.sink is not None:
+            started = time.monotonic()
             # start() settles the unit in flight first; its failure leaves this work pending (the loop rewinds it)
             self.commits.start(p, state_records(self.settings.kafka.changelog, p.changed, self.engine.store,
                                                    self.cold))
             self.processor.take()
+            self.stats.handover_s += time.monotonic() - started
         if wait:
             self.commits.settle()
 

@@ -33,3 +33,14 @@ def test_cpu_seconds_counts_this_process_and_gives_none_where_it_cannot_read():
     assert after is not None and after - before >= 0.2
     assert cpu_seconds(None) is None
     assert cpu_seconds(2**22 + 12345) is None  # above Linux's largest pid: no such process
+
+
+def test_the_table_shows_the_daemons_time_line_in_the_latency_runs():
+    from benchmarks.e2e import TIMELINE, table
+
+    line = dict(zip(TIMELINE, (12.5, 3.25, 1.5, 20.0), strict=True))
+    result = {"e2e_per_s": 1000.0, "latency": {"rate_per_s": 500.0, "timeline": line}}
+    text = table(result)
+    assert ("single time line at that rate (ms): poll wait 12.5 and process 3.2 a poll, hand-over 1.5 and "
+            "transaction 20.0 a commit") in text
+    assert "time line" not in table({"e2e_per_s": 1000.0, "latency": {"rate_per_s": 500.0}})

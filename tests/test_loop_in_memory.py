@@ -166,3 +166,16 @@ def test_a_revocation_whose_commit_fails_rewinds_the_session_and_loses_nothing(r
     assert service.stats.rewinds == 1 and broker.commits == 1
     assert sorted(forecasts(broker)) == reference
     assert time.monotonic() - started < 1.0
+
+
+def test_the_loop_reports_its_time_line() -> None:
+    """Where the loop's time went: waiting in polls, processing, handing commits over, the commits themselves;
+    per poll and per commit in the stop log's figures."""
+    _, service, _ = in_two_halves()
+    stats = service.stats
+    assert stats.poll_s > 0 and stats.process_s > 0 and stats.handover_s > 0 and stats.transaction_s > 0
+    line = stats.timeline()
+    assert line["process_ms_per_poll"] == round(1000 * stats.process_s / stats.polls, 3)
+    assert line["transaction_ms_per_commit"] == round(1000 * stats.transaction_s / stats.commits, 3)
+    assert set(line) == {"poll_wait_ms_per_poll", "process_ms_per_poll", "handover_ms_per_commit",
+                         "transaction_ms_per_commit"}
