@@ -32,6 +32,8 @@ from streamer.service import Service
 class NoCommit:
     """Stands in for the Committer: takes the commit's records and offsets and publishes nothing."""
 
+    last_seconds = 0.0
+
     def start(self, records, offsets) -> None:
         self.records = len(records)
 

@@ -9,6 +9,7 @@ timing: records are visible as soon as they are produced or committed.
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -98,15 +99,18 @@ class InMemoryCommitter:
         self.broker = broker
         self.started = False  # a unit was started and not yet waited for
         self.failure: BaseException | None = None  # what that unit failed with
+        self.last_seconds = 0.0  # how long the last unit's commit took
 
     def start(self, records: list[OutRecord], offsets: dict) -> None:
         """Settle the unit before, then commit this one (its failure kept for `wait`)."""
         self.wait()
         self.started = True
+        began = time.perf_counter()
         try:
             self.broker.transact(list(records), dict(offsets))
         except TransportFailure as exc:
             self.failure = exc
+        self.last_seconds = time.perf_counter() - began
 
     def wait(self) -> bool:
         """Raise the failure of the unit started last, if it failed; whether there was one to wait for."""

@@ -179,3 +179,19 @@ def test_the_loop_reports_its_time_line() -> None:
     assert line["transaction_ms_per_commit"] == round(1000 * stats.transaction_s / stats.commits, 3)
     assert set(line) == {"poll_wait_ms_per_poll", "process_ms_per_poll", "handover_ms_per_commit",
                          "transaction_ms_per_commit"}
+
+
+def test_a_commit_is_timed_by_its_sink_not_by_when_the_loop_notices_it() -> None:
+    """The duration the metrics and the time line get is the sink's measure of its commit: a unit that finished
+    while the loop was busy still reports the commit's own time."""
+    from streamer.committing import Commits, InMemorySink
+    from streamer.processor import Pending
+
+    seen: list[float] = []
+    commits = Commits(lambda work, n_state, seconds: seen.append(seconds), lambda exc: None)
+    commits.sink = sink = InMemorySink()
+    sink.last_seconds = 0.25
+    commits.start(Pending(), [])
+    time.sleep(0.3)
+    commits.settle()
+    assert seen == [0.25]

@@ -55,7 +55,12 @@ def test_pipelined_commits_publish_in_order_and_commit_the_last_offsets(kafka_bo
     committer.start(_outputs(dst, records[10:]), _offset(src, 20))  # waits for the first one, then runs
     if not exactly_once:  # at-least-once offsets go to the consumer on the caller's thread, in wait()
         assert consumer.committed(TopicPartition(src, 0)) == 10
+    while not committer.idle():
+        time.sleep(0.01)
+    time.sleep(0.3)  # the commit is done; the time it sits done before the wait is not its duration
+    waited = time.perf_counter()
     assert committer.wait() is True
+    assert 0 < committer.last_seconds < 0.3 + (time.perf_counter() - waited)
     assert committer.wait() is False  # nothing in flight any more
     assert committer.idle()
     assert consumer.committed(TopicPartition(src, 0)) == 20

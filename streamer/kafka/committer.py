@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,7 @@ class Committer:
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
         self._offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        self.last_seconds = 0.0  # the last commit waited for: its transaction (or publish and offsets commit)
         self.appender = RecordAppender(producer)
         self.offsets_direct = offsets_nowait_supported(producer)
         if exactly_once:
@@ -88,7 +90,9 @@ class Committer:
         if error is not None:
             raise error
         if not self.exactly_once and self._offsets:
+            started = time.perf_counter()
             self.consumer.commit(self._offsets)
+            self.last_seconds += time.perf_counter() - started
         return True
 
     def close(self) -> None:
@@ -102,6 +106,7 @@ class Committer:
 
     def _publish(self, records: list[OutRecord], offsets: dict[TopicPartition, OffsetAndMetadata],
                  metadata) -> None:
+        started = time.perf_counter()
         try:
             offsets_added = None
             if self.exactly_once:
@@ -124,6 +129,7 @@ class Committer:
             if self.exactly_once:
                 self._abort_quietly()
             self._error = exc
+        self.last_seconds = time.perf_counter() - started
 
     def fast_paths(self) -> dict[str, bool]:
         """Which of the producer's fast paths over kafka-python's internals this committer uses."""
