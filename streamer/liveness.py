@@ -23,7 +23,8 @@ class LoopStats:
     cold_loads: int = 0
     rewinds: int = 0
     reloads: int = 0
-    # the time line of the loop, seconds summed: waiting in polls, processing what they returned, handing each
+    # the time line of the loop, seconds summed: in polls (waiting for fetches, and the client decoding what
+    # they returned, which competes with the committer's thread for the interpreter), processing, handing each
     # commit's records to the committer (their snapshots; waiting for the commit before it), and the commits
     # themselves (transactions, on the committer's thread)
     poll_s: float = 0.0
