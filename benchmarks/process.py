@@ -116,10 +116,9 @@ def measure(streams: int, per_batch: int, n: int, hidden: int = 32, device: str 
         gc.enable()
         gc.unfreeze()
     on, off = (statistics.median(times[k]) * 1000 for k in ("anomalies_on", "anomalies_off"))
-    per_batch = sum(len(b) for b in polls[3:]) * chunk // n
-    return {"streams": streams, "chunk": chunk, "warm": warm, "batch_readings": per_batch, "batches": n,
-            "ms_per_batch": on,
-            "ms_per_batch_no_anomalies": off, "us_per_reading": on * 1000 / per_batch,
+    readings = sum(len(b) for b in polls[3:]) * chunk // n  # a batch's readings (whole records of `chunk`)
+    return {"streams": streams, "chunk": chunk, "warm": warm, "batch_readings": readings, "batches": n,
+            "ms_per_batch": on, "ms_per_batch_no_anomalies": off, "us_per_reading": on * 1000 / readings,
             "anomaly_share": 1 - off / on}
 
 

@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 # The product default, served and evaluated (`streamer eval nab`) alike: what `streamer eval nab --cv 5` chose on
 # all development files (benchmarks/nab_cv.json): the forecast error against the smallest of the model's and the
-# seasonal-naive forecasts' (the values a day and a week earlier, within half an hour, from the last 2100 readings
-# kept compactly in the stream's state), beside the value view, both scored for all streams at once. Telemanom's
-# threshold is off: alerts never use it.
+# seasonal-naive forecasts' (the values a day and a week earlier, within half an hour, from memories of 300 and 350
+# readings kept compactly in the stream's state), beside the value view, both scored for all streams at once.
+# Telemanom's threshold is off: alerts never use it.
 PRODUCT_PIPELINE = PipelineConfig(dt_window=0, season_ms=DAY_MS, season_max=300, season_slack_ms=30 * 60_000,
                                   season_also_ms=WEEK_MS, season_also_max=350, value_short=4, short=8,
                                   long_halflife=8000.0)

@@ -32,7 +32,7 @@ class LoopStats:
     handover_s: float = 0.0
     transaction_s: float = 0.0
 
-    def committed(self, readings: int, outputs: int, dead_letters: int, seconds: float = 0.0) -> None:
+    def committed(self, readings: int, outputs: int, dead_letters: int, seconds: float) -> None:
         """A unit of work committed (in `seconds`)."""
         self.commits += 1
         self.readings += readings

@@ -3,8 +3,7 @@
 A stream's memory is a ring of its latest readings: times as int64 and values as float32, held in its state as
 two byte strings (little-endian), which snapshots write as base64 JSON strings; compact in memory and in every
 changelog snapshot. `seasonal_lookup` looks up the readings of many streams at once, `seasonal_errors` the
-errors against them (the daemon's batches); `SeasonalMemory.step` is a lookup for one
-stream.
+errors against them (the daemon's batches); `SeasonalMemory.step` is a lookup for one stream.
 """
 
 from __future__ import annotations
@@ -123,12 +122,15 @@ class _Rings:
         prev[off[:-1][has]] = np.where(last_kept[has] == _NO_TIME, _NO_TIME, last_kept[has] // int(step_ms))
         return slot != prev
 
+    def window_start(self, max_len: int) -> np.ndarray:
+        """Per new reading, the first position a lookup may use: its stream's `max_len`-th reading before it."""
+        return np.maximum(self.cstart[self.owner], self.pos - int(max_len))
+
     def positions(self, query: np.ndarray, max_len: int) -> np.ndarray:
         """Per new reading, the first of its stream's positions with a time at or after `query`, within the
         `max_len` readings before it (so between pos - max_len and pos)."""
-        lo = np.maximum(self.cstart[self.owner], self.pos - int(max_len))
         at = _positions(self.cat_ts, self.cstart, self.total, self.owner, query)
-        return np.minimum(np.maximum(at, lo), self.pos)
+        return np.minimum(np.maximum(at, self.window_start(max_len)), self.pos)
 
     def nearest(self, period_ms: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Per new reading, the position of the reading nearest to one period earlier and whether it counts: it
@@ -136,7 +138,7 @@ class _Rings:
         a coarse memory spans a slot) of t - period."""
         cat_ts, pos, times = self.cat_ts, self.pos, self.times
         target = times - int(period_ms)
-        lo = np.maximum(self.cstart[self.owner], pos - int(max_len))
+        lo = self.window_start(max_len)
         at = self.positions(target, max_len)
         before_ok, after_ok = at - 1 >= lo, at < pos
         gap_before = np.where(before_ok, np.abs(cat_ts[np.maximum(at - 1, 0)] - target), np.iinfo(np.int64).max)
